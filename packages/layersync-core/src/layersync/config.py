@@ -1,0 +1,120 @@
+"""Run configuration: a recipe file, then command-line overrides.
+
+Sections ``data``, ``tokenizer`` and ``model`` hold a ``name`` and options
+for that factory; the other sections have a fixed set of keys and an
+unknown key is an error.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from layersync.errors import ConfigError
+
+DEFAULTS: dict = {
+    "modality": None,
+    "seed": 0,
+    "data": {"name": None},
+    "tokenizer": {"name": "identity"},
+    "model": {"name": None},
+    "transport": {"path": "linear", "prediction": "velocity", "loss_weight": "none", "train_eps": None, "sample_eps": None},
+    "layersync": {"pairs": [[8, 16]], "weight": 0.2},
+    "optim": {"lr": 1.0e-4, "weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1.0e-8, "grad_clip": 0.0},
+    "train": {
+        "steps": 400_000,
+        "batch_size": 256,
+        "ema_decay": 0.9999,
+        "precision": "fp32",
+        "cfg_dropout": 0.1,
+        "log_every": 100,
+        "ckpt_every": 10_000,
+        "sample_every": 10_000,
+        "num_workers": 4,
+        "device": "auto",
+    },
+    "sample": {
+        "method": "ode",
+        "solver": "heun",
+        "steps": 50,
+        "atol": 1.0e-6,
+        "rtol": 1.0e-3,
+        "cfg_scale": 1.0,
+        "guidance_interval": [0.0, 1.0],
+        "diffusion_form": "sigma",
+        "diffusion_norm": 1.0,
+        "last_step": "mean",
+        "last_step_size": 0.04,
+        "num": 64,
+    },
+}
+OPEN_SECTIONS = ("data", "tokenizer", "model")
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def merge(base: dict, update: dict, where: str = "") -> dict:
+    """Deep-merge ``update`` into a copy of ``base``; unknown keys of fixed sections are errors."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        name = f"{where}{key}"
+        if key not in out and where.rstrip(".") not in OPEN_SECTIONS:
+            known = ", ".join(sorted(out))
+            raise ConfigError(f"unknown config key '{name}' (known here: {known})")
+        if isinstance(out.get(key), dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{name}' must be a mapping, got {value!r}")
+            out[key] = merge(out[key], value, f"{name}.")
+        else:
+            out[key] = value
+    return out
+
+
+def set_key(config: dict, assignment: str) -> dict:
+    """Apply ``section.key=value``; the value is parsed as YAML (numbers, lists, null)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value, got '{assignment}'")
+    dotted, raw = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    update: dict = value
+    for part in reversed(dotted.strip().split(".")):
+        update = {part: update}
+    return merge(config, update)
+
+
+def load(recipe: Path | None, config_file: Path | None = None, assignments=()) -> dict:
+    """DEFAULTS <- modality recipe <- user config file <- ``--set`` assignments."""
+    config = copy.deepcopy(DEFAULTS)
+    for path in (recipe, config_file):
+        if path is not None:
+            config = merge(config, read_yaml(path))
+    for assignment in assignments:
+        config = set_key(config, assignment)
+    return config
+
+
+def options(section: dict) -> tuple[str, dict]:
+    """Split an open section into (factory name, options)."""
+    rest = dict(section)
+    return rest.pop("name"), rest
+
+
+def dump(config: dict) -> str:
+    return yaml.safe_dump(config, sort_keys=False)

@@ -1,0 +1,181 @@
+"""The training objective: SiT-style flow loss plus the LayerSync term."""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+
+from layersync.paths import Path, expand_like, make_path
+
+PREDICTIONS = ("velocity", "noise", "score")
+LOSS_WEIGHTS = ("none", "velocity", "likelihood")
+
+
+class FlowObjective:
+    """Interpolant transport: what the model predicts and how it is weighted.
+
+    prediction: velocity | noise | score. loss_weight: none | velocity |
+    likelihood (only for noise and score predictions, as in SiT).
+    train_eps / sample_eps keep t away from the ends where a path or a
+    prediction is singular; None takes SiT's defaults.
+    """
+
+    def __init__(self, path="linear", prediction="velocity", loss_weight="none", train_eps=None, sample_eps=None):
+        self.path: Path = make_path(path) if isinstance(path, str) else path
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction '{prediction}' (expected one of: {', '.join(PREDICTIONS)})")
+        if loss_weight not in LOSS_WEIGHTS:
+            raise ValueError(f"unknown loss_weight '{loss_weight}' (expected one of: {', '.join(LOSS_WEIGHTS)})")
+        self.prediction, self.loss_weight = prediction, loss_weight
+        if self.path.name == "vp":
+            default_train, default_sample = 1e-5, 1e-3
+        elif prediction != "velocity":
+            default_train, default_sample = 1e-3, 1e-3
+        else:
+            default_train, default_sample = 0.0, 0.0
+        self.train_eps = default_train if train_eps is None else train_eps
+        self.sample_eps = default_sample if sample_eps is None else sample_eps
+
+    def interval(self, *, sde: bool = False, sampling: bool = False, last_step_size: float = 0.0):
+        """The time interval [t0, t1] that training or sampling may visit."""
+        eps = self.sample_eps if sampling else self.train_eps
+        t0, t1 = 0.0, 1.0
+        end = 1 - last_step_size if (sde and last_step_size > 0) else 1 - eps
+        if self.path.name == "vp":
+            t1 = end
+        elif self.prediction != "velocity" or sde:
+            t0 = eps if self.prediction != "velocity" else 0.0
+            t1 = end
+        return t0, t1
+
+    def sample_t(self, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
+        t0, t1 = self.interval()
+        return torch.rand(n, generator=generator, device=device) * (t1 - t0) + t0
+
+    def loss(self, pred, x1, x0, t):
+        """Per-sample loss (B,) of a model output for data x1, noise x0 at time t."""
+        xt, ut = self.path.interpolate(x1, x0, t)
+        if self.prediction == "velocity":
+            err = (pred - ut) ** 2
+        else:
+            _, var = self.path.drift_terms(xt, t)
+            s = self.path.sigma(expand_like(t, x1))[0]
+            weight = {"none": 1.0, "velocity": (var / s) ** 2, "likelihood": var / s**2}[self.loss_weight]
+            err = weight * ((pred - x0) ** 2 if self.prediction == "noise" else (pred * s + x0) ** 2)
+        return err.flatten(1).mean(1)
+
+    def velocity(self, pred, x, t):
+        """The velocity of the probability-flow ODE given a model output."""
+        if self.prediction == "velocity":
+            return pred
+        return self.path.velocity_from_score(self.score(pred, x, t), x, t)
+
+    def score(self, pred, x, t):
+        if self.prediction == "score":
+            return pred
+        if self.prediction == "noise":
+            return self.path.score_from_noise(pred, x, t)
+        return self.path.score_from_velocity(pred, x, t)
+
+
+class LayerSync:
+    """The LayerSync regulariser: shallow blocks follow deeper ones.
+
+    ``LayerSync(pairs=[(8, 16)], weight=0.2)(hidden)`` with ``hidden`` a dict
+    ``{block_index: (B, ..., D)}`` returns ``weight * sum over pairs (k, k')``
+    of ``mean(-cos(h_k, stopgrad(h_k')))``, the cosine taken per token over
+    the last (channel) dimension. Block indices are 1-based block outputs.
+    """
+
+    def __init__(self, pairs: Iterable[Sequence[int]] = ((8, 16),), weight: float = 0.2, depth: int | None = None):
+        self.pairs = [tuple(int(i) for i in p) for p in pairs]
+        self.weight = float(weight)
+        for pair in self.pairs:
+            if len(pair) != 2:
+                raise ValueError(f"LayerSync pair {pair} must be (student, teacher)")
+        if depth is not None:
+            self.validate(depth)
+        else:
+            self._check(None)
+
+    def _check(self, depth):
+        for k, kt in self.pairs:
+            if k < 1 or kt <= k or (depth is not None and kt > depth):
+                where = f" of a {depth}-block model" if depth is not None else ""
+                raise ValueError(
+                    f"invalid LayerSync pair ({k}, {kt}){where}: need 1 <= student < teacher"
+                    + (f" <= {depth}" if depth is not None else "")
+                )
+
+    def validate(self, depth: int) -> "LayerSync":
+        """Raise ``ValueError`` naming the pair and depth if a pair does not fit."""
+        self._check(depth)
+        return self
+
+    @property
+    def capture(self) -> tuple[int, ...]:
+        """The block indices whose outputs the term needs."""
+        return tuple(sorted({i for pair in self.pairs for i in pair}))
+
+    @classmethod
+    def parse(cls, spec: str, weight: float = 0.2) -> "LayerSync | None":
+        """``"8:16"`` or ``"8:16,4:20"`` -> LayerSync; ``"off"`` -> None."""
+        if spec.strip().lower() in ("off", "none", ""):
+            return None
+        try:
+            pairs = [tuple(int(v) for v in item.split(":")) for item in spec.split(",")]
+        except ValueError:
+            raise ValueError(f"bad LayerSync pairs '{spec}': expected k:k'[,k:k'...] or 'off'") from None
+        return cls(pairs, weight)
+
+    def terms(self, hidden: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+        """The unweighted term of each pair, in order."""
+        out = []
+        for k, kt in self.pairs:
+            s, t = hidden[k].float(), hidden[kt].detach().float()
+            # cos = <s, t> / (|s| |t|); one rsqrt is cheaper than F.cosine_similarity
+            cos = (s * t).sum(-1) * torch.rsqrt((s * s).sum(-1) * (t * t).sum(-1)).clamp_max(1e8)
+            out.append(-cos.mean())
+        return out
+
+    def __call__(self, hidden: dict[int, torch.Tensor]) -> torch.Tensor:
+        return self.weight * torch.stack(self.terms(hidden)).sum()
+
+    def __repr__(self) -> str:
+        return f"LayerSync(pairs={self.pairs}, weight={self.weight})"
+
+
+class taps(dict):
+    """Collect block outputs of a model that cannot return them itself.
+
+    ``with taps(model.blocks, [8, 16]) as hidden: model(x)`` fills
+    ``hidden[8]`` and ``hidden[16]`` (1-based) through forward hooks. A block
+    returning a tuple contributes its first element.
+    """
+
+    def __init__(self, blocks: Sequence[torch.nn.Module], indices: Iterable[int]):
+        super().__init__()
+        blocks = list(blocks)
+        self._handles = []
+        for k in indices:
+            if not 1 <= k <= len(blocks):
+                raise ValueError(f"block {k} does not exist: the model has blocks 1..{len(blocks)}")
+            self._handles.append(blocks[k - 1].register_forward_hook(self._store(k)))
+
+    def _store(self, k):
+        def hook(module, args, output):
+            self[k] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()

@@ -1,0 +1,184 @@
+"""Samplers: probability-flow ODE (torchdiffeq) and reverse SDE, with CFG.
+
+Time runs from t0 (noise) to t1 (data), SiT's convention.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torchdiffeq import odeint
+
+from layersync.objective import FlowObjective
+from layersync.paths import expand_like
+
+ODE_SOLVERS = {"euler": "euler", "heun": "heun2", "dopri5": "dopri5"}
+SDE_SOLVERS = ("euler", "heun")
+LAST_STEPS = ("mean", "euler", "tweedie", "none")
+DIFFUSION_FORMS = ("constant", "sbdm", "sigma", "linear", "decreasing", "increasing-decreasing")
+
+
+def ode_solve(velocity, x, t0: float, t1: float, solver="heun", steps=50, atol=1e-6, rtol=1e-3):
+    """Integrate dx/dt = velocity(x, t) from t0 to t1; t is passed as a (B,) tensor.
+
+    euler and heun take ``steps`` fixed steps; dopri5 is adaptive (atol, rtol).
+    """
+    if solver not in ODE_SOLVERS:
+        raise ValueError(f"unknown ODE solver '{solver}' (expected one of: {', '.join(ODE_SOLVERS)})")
+    n = 2 if solver == "dopri5" else steps + 1
+    ts = torch.linspace(t0, t1, n, device=x.device, dtype=torch.float64).to(x.dtype)
+
+    def field(t, x):
+        return velocity(x, t.expand(x.shape[0]))
+
+    return odeint(field, x, ts, method=ODE_SOLVERS[solver], atol=atol, rtol=rtol)[-1]
+
+
+def diffusion_coefficient(objective: FlowObjective, x, t, form="sigma", norm=1.0):
+    """w(t) of the reverse SDE dx = [v + w * score] dt + sqrt(2 w) dW (SiT's forms)."""
+    t = expand_like(t, x)
+    if form == "constant":
+        return torch.full_like(t, norm)
+    if form == "sbdm":
+        return norm * objective.path.drift_terms(x, t.flatten())[1]
+    if form == "sigma":
+        return norm * objective.path.sigma(t)[0]
+    if form == "linear":
+        return norm * (1 - t)
+    if form == "decreasing":
+        return 0.25 * (norm * torch.cos(math.pi * t) + 1) ** 2
+    if form == "increasing-decreasing":
+        return norm * torch.sin(math.pi * t) ** 2
+    raise ValueError(f"unknown diffusion form '{form}' (expected one of: {', '.join(DIFFUSION_FORMS)})")
+
+
+def sde_solve(
+    fields,
+    diffusion,
+    x,
+    t0: float,
+    t1: float,
+    steps=250,
+    solver="euler",
+    last_step="mean",
+    last_step_size=0.04,
+    generator=None,
+    tweedie=None,
+):
+    """Reverse SDE from t0 to t1 in ``steps - 1`` stochastic steps plus a last step.
+
+    fields(x, t) -> (velocity, score); diffusion(x, t) -> w. The last step
+    goes from t1 to t1 + last_step_size without noise: ``mean`` follows the
+    SDE drift, ``euler`` the ODE drift, ``tweedie`` jumps to E[x_data | x],
+    ``none`` stops at t1.
+    """
+    if solver not in SDE_SOLVERS:
+        raise ValueError(f"unknown SDE solver '{solver}' (expected one of: {', '.join(SDE_SOLVERS)})")
+    if last_step not in LAST_STEPS:
+        raise ValueError(f"unknown last step '{last_step}' (expected one of: {', '.join(LAST_STEPS)})")
+    ts = torch.linspace(t0, t1, steps, dtype=torch.float64).tolist()
+    dt = ts[1] - ts[0]
+    batch = x.shape[0]
+
+    def time(value):
+        return torch.full((batch,), value, device=x.device, dtype=x.dtype)
+
+    def drift(x, t):
+        v, score = fields(x, t)
+        return v + diffusion(x, t) * score
+
+    for t in ts[:-1]:
+        tt = time(t)
+        dw = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * math.sqrt(dt)
+        if solver == "euler":
+            x = x + drift(x, tt) * dt + torch.sqrt(2 * diffusion(x, tt)) * dw
+        else:  # stochastic Heun: noise first, then a Heun step on the drift
+            x = x + torch.sqrt(2 * diffusion(x, tt)) * dw
+            k1 = drift(x, tt)
+            k2 = drift(x + dt * k1, time(t + dt))
+            x = x + 0.5 * dt * (k1 + k2)
+    tt = time(ts[-1])
+    if last_step == "mean":
+        x = x + drift(x, tt) * last_step_size
+    elif last_step == "euler":
+        x = x + fields(x, tt)[0] * last_step_size
+    elif last_step == "tweedie":
+        x = tweedie(x, tt)
+    return x
+
+
+@dataclass
+class SamplerConfig:
+    """The ``sample`` section of a config."""
+
+    method: str = "ode"  # ode | sde
+    solver: str = "heun"  # ode: euler | heun | dopri5; sde: euler | heun
+    steps: int = 50
+    atol: float = 1e-6
+    rtol: float = 1e-3
+    cfg_scale: float = 1.0
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
+    diffusion_form: str = "sigma"
+    diffusion_norm: float = 1.0
+    last_step: str = "mean"
+    last_step_size: float = 0.04
+    num: int = 64
+
+
+class Sampler:
+    """Draws samples from a backbone trained with a FlowObjective.
+
+    With ``cfg_scale != 1`` the conditional and null-condition outputs are
+    mixed as ``uncond + scale * (cond - uncond)``, only for t inside
+    ``guidance_interval`` (outside it the conditional output is used).
+    """
+
+    def __init__(self, objective: FlowObjective, config: SamplerConfig):
+        self.objective, self.config = objective, config
+        if config.method not in ("ode", "sde"):
+            raise ValueError(f"unknown sampling method '{config.method}' (expected ode or sde)")
+
+    def predict(self, model, x, t, cond):
+        cfg = self.config
+        lo, hi = cfg.guidance_interval
+        guided = cfg.cfg_scale != 1.0 and lo <= float(t[0]) <= hi
+        if not guided:
+            return model(x, t, cond)[0]
+        null = model.drop_cond(cond, torch.ones(x.shape[0], dtype=torch.bool, device=x.device))
+        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null]))[0]
+        c, u = out.chunk(2)
+        return u + cfg.cfg_scale * (c - u)
+
+    @torch.no_grad()
+    def __call__(self, model, noise, cond, generator=None):
+        cfg, obj = self.config, self.objective
+
+        def velocity(x, t):
+            return obj.velocity(self.predict(model, x, t, cond), x, t)
+
+        if cfg.method == "ode":
+            t0, t1 = obj.interval(sampling=True)
+            return ode_solve(velocity, noise, t0, t1, cfg.solver, cfg.steps, cfg.atol, cfg.rtol)
+
+        last = 0.0 if cfg.last_step == "none" else cfg.last_step_size
+        t0, t1 = obj.interval(sde=True, sampling=True, last_step_size=last)
+        if cfg.diffusion_form.lower() == "sbdm":
+            t0 = max(t0, obj.sample_eps)
+
+        def fields(x, t):
+            pred = self.predict(model, x, t, cond)
+            return obj.velocity(pred, x, t), obj.score(pred, x, t)
+
+        def diffusion(x, t):
+            return diffusion_coefficient(obj, x, t, cfg.diffusion_form.lower(), cfg.diffusion_norm)
+
+        def tweedie(x, t):
+            a = obj.path.alpha(expand_like(t, x))[0]
+            s = obj.path.sigma(expand_like(t, x))[0]
+            return (x + s**2 * fields(x, t)[1]) / a
+
+        return sde_solve(
+            fields, diffusion, noise, t0, t1, cfg.steps, cfg.solver, cfg.last_step, cfg.last_step_size, generator, tweedie
+        )

@@ -1,0 +1,61 @@
+"""Process group set-up for torchrun (gloo on CPU, nccl on CUDA)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(preference: str) -> torch.device:
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(preference)
+
+
+def setup(preference: str = "auto") -> Dist:
+    """Join the torchrun process group if there is one."""
+    device = pick_device(preference)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist(0, 1, 0, device)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def mean_across(values: dict[str, torch.Tensor], env: Dist) -> dict[str, float]:
+    """Average scalar tensors over ranks and read them to the host (logging only)."""
+    stacked = torch.stack([v.float() for v in values.values()])
+    if env.world > 1:
+        dist.all_reduce(stacked)
+        stacked /= env.world
+    return dict(zip(values, stacked.tolist()))
+
+
+def barrier(env: Dist) -> None:
+    if env.world > 1:
+        dist.barrier()
+
+
+def teardown(env: Dist) -> None:
+    if env.world > 1 and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,226 @@
+"""The training loop: data, the step function, logging, checkpoints, samples."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from layersync import build
+from layersync.config import dump, read_yaml
+from layersync.errors import ConfigError
+from layersync.plugins import Registry, registry as default_registry
+from layersync.train import checkpoint, distributed
+from layersync.train.data import make_loader
+from layersync.train.ema import EMA
+from layersync.train.step import TrainStep
+
+log = logging.getLogger("layersync")
+
+# Keys that may change when a run is resumed; anything else must match.
+RESUMABLE_KEYS = {"train.steps", "train.log_every", "train.ckpt_every", "train.sample_every", "train.num_workers", "train.device"}
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resumable(saved: dict, config: dict, out_dir: Path) -> None:
+    old, new = flatten(saved), flatten(config)
+    for key in sorted(set(old) | set(new)):
+        if key in RESUMABLE_KEYS or key.startswith("sample."):
+            continue
+        if old.get(key) != new.get(key):
+            raise ConfigError(
+                f"{out_dir} holds a run with {key}={old.get(key)!r}, this command asks for {new.get(key)!r}: "
+                "resume with the same settings or choose a new --out"
+            )
+
+
+class Trainer:
+    def __init__(self, config: dict, out_dir: Path, registry: Registry | None = None):
+        self.config, self.out = config, Path(out_dir)
+        self.registry = registry or default_registry()
+        train = config["train"]
+        if train["precision"] not in PRECISIONS:
+            raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {train['precision']!r}")
+        self.env = distributed.setup(train["device"])
+        self.modality = build.modality(self.registry, config)
+        self.dataset = build.dataset(self.registry, config)
+        self.tokenizer = build.tokenizer(self.registry, config)
+        self.input_shape = tuple(self.tokenizer.latent_shape(tuple(self.dataset.sample_shape)))
+        self.num_classes = int(getattr(self.dataset, "num_classes", 0))
+
+        torch.manual_seed(config["seed"])  # same initial weights on every rank
+        self.model = build.backbone(self.registry, config, self.input_shape, self.num_classes).to(self.env.device)
+        self.layersync = build.layersync(config, self.model.depth)
+        self.objective = build.objective(config)
+        self.sampler = build.sampler(config, self.objective)
+        optim = config["optim"]
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=optim["lr"],
+            betas=tuple(optim["betas"]),
+            eps=optim["eps"],
+            weight_decay=optim["weight_decay"],
+            fused=self.env.device.type == "cuda",
+        )
+        self.ema = EMA(self.model, train["ema_decay"])
+        self.generator = torch.Generator(self.env.device).manual_seed(config["seed"] + 1)
+        self.step = 0
+        self.net = self.model
+        if self.env.world > 1:
+            ids = [self.env.device.index] if self.env.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids, static_graph=True)
+
+    # ---- state -------------------------------------------------------------------
+    def state(self) -> dict:
+        state = {
+            "step": self.step,
+            "config": self.config,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step_generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def restore(self, path: Path) -> None:
+        state = checkpoint.load(path, map_location=self.env.device)
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["step_generator"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        self.step = int(state["step"])
+
+    def prepare_out_dir(self) -> None:
+        """Create the run folder, or check that it holds this same run and resume it."""
+        saved_config = self.out / "config.yaml"
+        if saved_config.exists():
+            check_resumable(read_yaml(saved_config), self.config, self.out)
+        last = checkpoint.latest(self.out / "checkpoints")
+        if last is not None:
+            self.restore(last)
+            if self.env.main:
+                log.info("resuming %s from step %d", self.out, self.step)
+        if self.env.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(dump(self.config))
+            self._truncate_metrics()
+        distributed.barrier(self.env)
+
+    def _truncate_metrics(self) -> None:
+        """Drop log lines written after the checkpoint we resume from."""
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    # ---- outputs -----------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        if self.env.main:
+            checkpoint.save(self.state(), self.out / "checkpoints", self.step)
+
+    @torch.no_grad()
+    def save_samples(self) -> Path | None:
+        if not self.env.main:
+            return None
+        n = self.config["sample"]["num"]
+        g = torch.Generator().manual_seed(self.config["seed"] + 2)  # same noise at every step
+        noise = torch.randn((n, *self.input_shape), generator=g).to(self.env.device)
+        cond = torch.arange(n, device=self.env.device) % max(self.num_classes, 1)
+        x = self.sampler(self.ema.model, noise, cond, generator=g.manual_seed(self.config["seed"] + 3))
+        x = self.tokenizer.decode(x).float().cpu()
+        return self.modality.save_samples(x, self.out / "samples" / f"step_{self.step:07d}")
+
+    # ---- loop --------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg = self.config["train"]
+        self.prepare_out_dir()
+        loader, _ = make_loader(
+            self.dataset,
+            cfg["batch_size"],
+            self.env.rank,
+            self.env.world,
+            self.config["seed"],
+            self.step,
+            cfg["num_workers"],
+            pin_memory=self.env.device.type == "cuda",
+        )
+        step_fn = TrainStep(
+            self.net,
+            self.objective,
+            self.layersync,
+            self.optimizer,
+            self.ema,
+            grad_clip=self.config["optim"]["grad_clip"],
+            autocast_dtype=PRECISIONS[cfg["precision"]],
+            cfg_dropout=cfg["cfg_dropout"] if self.num_classes else 0.0,
+            generator=self.generator,
+            rank=self.env.rank,
+            world=self.env.world,
+        )
+        total = cfg["steps"]
+        bar = tqdm(total=total, initial=self.step, disable=not self.env.main, unit="step", dynamic_ncols=True)
+        metrics = open(self.out / "metrics.jsonl", "a") if self.env.main else None
+        last = {}
+        tick, tick_step, started = time.perf_counter(), self.step, time.perf_counter()
+        batches = iter(loader)
+        interrupted = []
+        handlers = {sig: signal.signal(sig, lambda s, f: interrupted.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while self.step < total:
+                if interrupted:  # stop between steps, never inside one
+                    self.save_checkpoint()
+                    raise KeyboardInterrupt(f"stopped at step {self.step}; checkpoint saved, run again to resume")
+                x, cond = next(batches)
+                x = self.tokenizer.encode(x.to(self.env.device, non_blocking=True))
+                cond = cond.to(self.env.device, non_blocking=True)
+                out = step_fn(x, cond)
+                self.step += 1
+                bar.update(1)
+                if self.step % cfg["log_every"] == 0 or self.step == total:
+                    last = distributed.mean_across(out, self.env)
+                    now = time.perf_counter()
+                    rate = (self.step - tick_step) * cfg["batch_size"] / (now - tick)
+                    tick, tick_step = now, self.step
+                    record = {"step": self.step, **last, "lr": self.optimizer.param_groups[0]["lr"],
+                              "samples_per_s": rate, "elapsed_s": now - started}
+                    if metrics:
+                        metrics.write(json.dumps(record) + "\n")
+                        metrics.flush()
+                    bar.set_postfix(loss=f"{last['loss']:.4f}", sync=f"{last['layersync_loss']:.3f}")
+                if self.step % cfg["ckpt_every"] == 0 or self.step == total:
+                    self.save_checkpoint()
+                if self.step % cfg["sample_every"] == 0 or self.step == total:
+                    self.save_samples()
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            bar.close()
+            if metrics:
+                metrics.close()
+        distributed.barrier(self.env)
+        return {"step": self.step, **last}

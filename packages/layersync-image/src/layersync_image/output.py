@@ -1,0 +1,26 @@
+"""Write image samples as a PNG grid."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchvision.utils import save_image
+
+MIN_CELL = 64  # small images are enlarged (nearest) so the grid can be looked at
+
+
+def save_grid(x: torch.Tensor, stem: Path) -> Path:
+    """Samples in [-1, 1], (N, C, H, W) -> ``stem.png``, a near-square grid."""
+    if x.shape[-1] < MIN_CELL:
+        x = F.interpolate(x, scale_factor=math.ceil(MIN_CELL / x.shape[-1]), mode="nearest")
+    path = Path(stem).with_suffix(".png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    nrow = max(1, math.ceil(math.sqrt(x.shape[0])))
+    save_image(x.clamp(-1, 1), tmp, nrow=nrow, normalize=True, value_range=(-1, 1), padding=1)
+    os.replace(tmp, path)
+    return path

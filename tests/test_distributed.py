@@ -1,0 +1,34 @@
+"""Two gloo processes under torchrun match one process with the same global batch."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers import read_metrics, tiny_args
+from layersync.train import checkpoint
+
+
+def test_two_gloo_ranks_match_one_process(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = [sys.executable, "-m"]
+    single = subprocess.run([*common, "layersync.cli.train", *tiny_args(tmp_path / "one", 4)],
+                            env=env, capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = subprocess.run(
+        [*common, "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "layersync.cli.train", *tiny_args(tmp_path / "two", 4)],
+        env=env, capture_output=True, text=True,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert [m["step"] for m in two] == [1, 2, 3, 4]
+    for a, b in zip(one, two):
+        for key in ("loss", "flow_loss", "layersync_loss"):
+            assert abs(a[key] - b[key]) < 1e-5, (key, a, b)
+    pa = checkpoint.load(checkpoint.latest(tmp_path / "one" / "checkpoints"))["model"]
+    pb = checkpoint.load(checkpoint.latest(tmp_path / "two" / "checkpoints"))["model"]
+    for name in pa:
+        assert torch.allclose(pa[name], pb[name], atol=1e-5), name
