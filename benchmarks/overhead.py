@@ -1,127 +1,94 @@
-"""Wall-clock overhead of the LayerSync regularizer on one full training step.
+"""LayerSync overhead: median step time with the term on vs off, measured in one run.
 
-Measures the median time of a complete ``TrainStep`` (noise/t sampling,
-forward with block capture, flow loss [+ LayerSync], backward, AdamW, EMA)
-for a small SiT with LayerSync off (``layersync=None``) and on (one pair,
-by default ``depth//3 : 2*depth//3``), in one run, and prints the ratio
-on/off. Target: ratio <= 1.02 (LayerSync is a cosine between two block
-outputs the forward pass already computes, so it should cost ~nothing).
+A full training step (noise/t sampling, forward with block capture, flow
+loss [+ LayerSync], backward, AdamW, EMA) of a small SiT, in the device's
+default step mode (eager on CPU, CUDA graph on GPU). Repetitions alternate
+off, on, off, on, ... on one shared model and optimizer (two separately
+built copies differ by up to 5% on a CPU from memory layout alone).
+Target: on/off <= 1.02.
 
-Repetitions alternate off, on, off, on, ... to cancel thermal/load drift; both
-variants start from the same initial weights. The exit code is always 0: this
-is a report, not a test.
-
-    python benchmarks/overhead.py                  # CPU (+ CUDA if available)
-    python benchmarks/overhead.py --device cuda --size S/2 --image-size 32 --out report.json
+    python -m benchmarks overhead                         # tiny SiT on CPU
+    python -m benchmarks overhead --device cuda --size B/2 --input 4x32x32 --batch 64
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import json
-import os
-import platform
-import statistics
-import time
 
 import torch
 
+from benchmarks.common import machine_info, median, resolve_device, table, timed, write_report
 from layersync import FlowObjective, LayerSync
 from layersync.train.ema import EMA
+from layersync.train.modes import make_step, resolve_mode
 from layersync.train.step import TrainStep
 from layersync_image.sit import build_sit, parse_size
 
 TARGET = 1.02
 
 
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
-def make_step(base, layersync, device, seed):
+def build_steps(base, variants: dict, device, mode, precision) -> dict:
+    """One step function per LayerSync setting, all sharing ONE model, optimizer,
+    EMA and generator, so that no variant gains from its own memory layout."""
     model = copy.deepcopy(base).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
-    gen = torch.Generator(device).manual_seed(seed)
-    return TrainStep(model, FlowObjective(), layersync, opt, EMA(model, 0.9999), cfg_dropout=0.1, generator=gen)
+    cuda = device == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=cuda, capturable=mode == "graph")
+    ema, generator = EMA(model, 0.9999), torch.Generator(device).manual_seed(1)
+    return {
+        name: make_step(TrainStep(model, FlowObjective(), layersync, opt, ema, cfg_dropout=0.1,
+                                  autocast_dtype=precision, generator=generator), mode)
+        for name, layersync in variants.items()
+    }
 
 
-def timed(step, x, y, n, device) -> list[float]:
-    times = []
-    for _ in range(n):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step(x, y)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return times
+def build_step(base, layersync, device, mode, precision):
+    return build_steps(base, {"step": layersync}, device, mode, precision)["step"]
 
 
-def bench(args, device, pairs) -> dict:
+def parse_shape(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.lower().split("x"))
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m benchmarks overhead", description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="T/4")
+    p.add_argument("--input", default="1x16x16", help="CxHxW of the model input")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per repetition")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before each repetition")
+    p.add_argument("--repeats", type=int, default=12)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--pairs", default=None, help="k:k'[,k:k'...]; default depth//3:2*depth//3")
+    args = p.parse_args(argv)
+
+    device = resolve_device(args.device)
+    mode = resolve_mode("auto", torch.device(device))
+    precision = torch.bfloat16 if device == "cuda" else None
+    depth = parse_size(args.size)[0]
+    pairs = args.pairs or f"{depth // 3}:{2 * depth // 3}"
+    shape = parse_shape(args.input)
     torch.manual_seed(0)
-    shape = (args.channels, args.image_size, args.image_size)
-    base = build_sit(shape, num_classes=10, size=args.size)
-    steps = {"off": make_step(base, None, device, 1), "on": make_step(base, LayerSync.parse(pairs), device, 1)}
+    base = build_sit(shape, 10, args.size)
+    steps = build_steps(base, {"off": None, "on": LayerSync.parse(pairs)}, device, mode, precision)
     g = torch.Generator().manual_seed(2)
     x = torch.randn(args.batch, *shape, generator=g).to(device)
     y = torch.randint(0, 10, (args.batch,), generator=g).to(device)
     times = {"off": [], "on": []}
     for _ in range(args.repeats):
-        for mode in ("off", "on"):  # interleaved: off, on, off, on, ...
-            timed(steps[mode], x, y, args.warmup, device)
-            times[mode] += timed(steps[mode], x, y, args.steps, device)
-    med = {m: statistics.median(v) for m, v in times.items()}
-    return {"device": device, "device_name": device_name(device), "median_s": med, "ratio": med["on"] / med["off"]}
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", default="T/4")
-    p.add_argument("--image-size", type=int, default=16)
-    p.add_argument("--channels", type=int, default=1)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=20, help="timed steps per repetition")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps before each repetition")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--pairs", default=None, help="k:k'[,k:k'...]; default depth//3:2*depth//3")
-    p.add_argument("--out", default=None, help="write a JSON report here")
-    args = p.parse_args()
-
-    depth = parse_size(args.size)[0]
-    pairs = args.pairs or f"{depth // 3}:{2 * depth // 3}"
-    devices = {"auto": ["cpu"] + (["cuda"] if torch.cuda.is_available() else []), "cpu": ["cpu"], "cuda": ["cuda"]}
-    print(f"SiT-{args.size} {args.channels}x{args.image_size}x{args.image_size} batch {args.batch}, "
-          f"LayerSync pairs {pairs}, {args.repeats} x {args.steps} timed steps per variant, torch {torch.__version__}")
-    print(f"{'device':<8}{'off ms':>10}{'on ms':>10}{'on/off':>9}")
-    results = []
-    for device in devices[args.device]:
-        r = bench(args, device, pairs)
-        results.append(r)
-        m = r["median_s"]
-        print(f"{device:<8}{1e3 * m['off']:>10.2f}{1e3 * m['on']:>10.2f}{r['ratio']:>9.3f}   ({r['device_name']})")
-    for r in results:
-        verdict = "PASS" if r["ratio"] <= TARGET else "FAIL"
-        print(f"[{r['device']}] overhead ratio (on/off): {r['ratio']:.3f}  (target <= {TARGET})  {verdict}")
-    if args.out:
-        report = {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "config": {**vars(args), "pairs": pairs}, "target": TARGET, "results": results,
-        }
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"wrote {args.out}")
+        for name in ("off", "on"):  # interleaved against drift
+            timed(lambda: steps[name](x, y), args.warmup, device)
+            times[name] += timed(lambda: steps[name](x, y), args.steps, device)
+    ratio = median(times["on"]) / median(times["off"])
+    row = {"model": f"SiT-{args.size}", "input": args.input, "batch": args.batch, "pairs": pairs, "mode": mode,
+           "off_ms": 1e3 * median(times["off"]), "on_ms": 1e3 * median(times["on"]), "ratio": ratio,
+           "verdict": "PASS" if ratio <= TARGET else "FAIL"}
+    markdown = table([row], list(row)) + f"\n\ntarget: on/off <= {TARGET}"
+    report = {"suite": "overhead", "machine": machine_info(device), "config": vars(args), "rows": [row]}
+    path = write_report("overhead", report, markdown)
+    print(markdown)
+    print(f"overhead ratio (on/off): {ratio:.3f}  (target <= {TARGET})  {row['verdict']}   report: {path}")
+    return report
 
 
 if __name__ == "__main__":

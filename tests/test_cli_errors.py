@@ -55,3 +55,8 @@ def test_bad_config_file(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [1, 2")
     assert "bad.yaml" in run_error(tiny_args(tmp_path / "out", 1, "--config", str(bad)), capsys)
+
+
+def test_graph_mode_without_cuda(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert "needs a CUDA device" in run_error(tiny_args(tmp_path, 1, "--step-mode", "graph"), capsys)

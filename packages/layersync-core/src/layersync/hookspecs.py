@@ -30,8 +30,9 @@ def layersync_datasets():
     """Return ``{name: factory}``.
 
     ``factory(**options)`` builds a ``torch.utils.data.Dataset`` yielding
-    ``(x, cond)`` and exposing ``sample_shape`` and ``num_classes``. Options
-    come from the ``data`` section of the config (``name`` removed).
+    ``(x, cond)`` and exposing ``sample_shape`` and ``num_classes``; a data
+    set of cached tokenizer outputs (latents) also sets ``encoded = True``.
+    Options come from the ``data`` section of the config (``name`` removed).
     """
 
 

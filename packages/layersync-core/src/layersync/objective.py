@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from layersync.paths import Path, expand_like, make_path
 
@@ -133,9 +134,10 @@ class LayerSync:
         """The unweighted term of each pair, in order."""
         out = []
         for k, kt in self.pairs:
-            s, t = hidden[k].float(), hidden[kt].detach().float()
-            # cos = <s, t> / (|s| |t|); one rsqrt is cheaper than F.cosine_similarity
-            cos = (s * t).sum(-1) * torch.rsqrt((s * s).sum(-1) * (t * t).sum(-1)).clamp_max(1e8)
+            s = hidden[k].float()
+            with torch.no_grad():  # the teacher side: normalised once, outside autograd
+                t = F.normalize(hidden[kt].float(), dim=-1, eps=1e-8)
+            cos = torch.linalg.vecdot(s, t) / torch.linalg.vector_norm(s, dim=-1).clamp_min(1e-8)
             out.append(-cos.mean())
         return out
 

@@ -24,6 +24,8 @@ def parser() -> Parser:
     p.add_argument("--seed", type=int, help="sets seed")
     p.add_argument("--layersync", metavar="K:K2[,K:K2...]|off", help="LayerSync block pairs (1-based) or off")
     p.add_argument("--layersync-weight", type=float, metavar="W", help="sets layersync.weight")
+    p.add_argument("--step-mode", choices=("auto", "eager", "compile", "graph"),
+                   help="sets train.step_mode; auto: a captured CUDA graph on GPU, eager on CPU")
     return p
 
 
@@ -41,6 +43,8 @@ def resolve(args, reg) -> dict:
         assignments.append(f"train.steps={args.steps}")
     if args.seed is not None:
         assignments.append(f"seed={args.seed}")
+    if args.step_mode is not None:
+        assignments.append(f"train.step_mode={args.step_mode}")
     if args.layersync_weight is not None:
         assignments.append(f"layersync.weight={args.layersync_weight}")
     config = configuration.load(modality.recipe, args.config, assignments)

@@ -48,9 +48,11 @@ class TrainStep:
         rows = slice(self.rank * local, (self.rank + 1) * local)
         return x0[rows], t[rows], drop[rows]
 
-    def losses(self, x1, cond):
-        """Forward pass: (total, flow, layersync) scalars with autograd graphs."""
-        x0, t, drop = self.draw(x1)
+    def forward_losses(self, x1, x0, t, drop, cond):
+        """Forward pass: (total, flow, layersync) scalars with autograd graphs.
+
+        Pure tensor code with no RNG: the part ``--step-mode compile`` compiles.
+        """
         if self.cfg_dropout > 0:
             cond = self.backbone.drop_cond(cond, drop)
         xt, _ = self.objective.path.interpolate(x1, x0, t)
@@ -61,7 +63,7 @@ class TrainStep:
         return flow + sync, flow, sync
 
     def __call__(self, x1, cond) -> dict[str, torch.Tensor]:
-        total, flow, sync = self.losses(x1, cond)
+        total, flow, sync = self.forward_losses(x1, *self.draw(x1), cond)
         self.optimizer.zero_grad(set_to_none=False)
         total.backward()
         grad_norm = (

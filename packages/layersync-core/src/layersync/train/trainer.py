@@ -19,13 +19,34 @@ from layersync.plugins import Registry, registry as default_registry
 from layersync.train import checkpoint, distributed
 from layersync.train.data import make_loader
 from layersync.train.ema import EMA
+from layersync.train.modes import make_step, resolve_mode
 from layersync.train.step import TrainStep
 
 log = logging.getLogger("layersync")
 
 # Keys that may change when a run is resumed; anything else must match.
-RESUMABLE_KEYS = {"train.steps", "train.log_every", "train.ckpt_every", "train.sample_every", "train.num_workers", "train.device"}
+RESUMABLE_KEYS = {
+    "train.steps", "train.log_every", "train.ckpt_every", "train.sample_every", "train.num_workers", "train.device",
+    "train.step_mode",
+}
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def resolve_precision(name: str, device: torch.device):
+    """``auto`` is bf16 autocast on CUDA and fp32 elsewhere."""
+    if name == "auto":
+        name = "bf16" if device.type == "cuda" else "fp32"
+    if name not in PRECISIONS:
+        raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {name!r}")
+    return PRECISIONS[name]
+
+
+def fast_defaults(device: torch.device) -> None:
+    """TF32 matmuls and cuDNN autotuning on CUDA (no effect on CPU)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
 
 
 def flatten(config: dict, prefix: str = "") -> dict:
@@ -55,13 +76,17 @@ class Trainer:
         self.config, self.out = config, Path(out_dir)
         self.registry = registry or default_registry()
         train = config["train"]
-        if train["precision"] not in PRECISIONS:
-            raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {train['precision']!r}")
         self.env = distributed.setup(train["device"])
+        self.autocast_dtype = resolve_precision(train["precision"], self.env.device)
+        self.step_mode = resolve_mode(train["step_mode"], self.env.device)
+        fast_defaults(self.env.device)
         self.modality = build.modality(self.registry, config)
         self.dataset = build.dataset(self.registry, config)
         self.tokenizer = build.tokenizer(self.registry, config)
-        self.input_shape = tuple(self.tokenizer.latent_shape(tuple(self.dataset.sample_shape)))
+        # A dataset of cached latents is already in model space and says so with `encoded = True`.
+        self.encoded = bool(getattr(self.dataset, "encoded", False))
+        shape = tuple(self.dataset.sample_shape)
+        self.input_shape = shape if self.encoded else tuple(self.tokenizer.latent_shape(shape))
         self.num_classes = int(getattr(self.dataset, "num_classes", 0))
 
         torch.manual_seed(config["seed"])  # same initial weights on every rank
@@ -77,6 +102,7 @@ class Trainer:
             eps=optim["eps"],
             weight_decay=optim["weight_decay"],
             fused=self.env.device.type == "cuda",
+            capturable=self.step_mode == "graph",
         )
         self.ema = EMA(self.model, train["ema_decay"])
         self.generator = torch.Generator(self.env.device).manual_seed(config["seed"] + 1)
@@ -169,19 +195,23 @@ class Trainer:
             cfg["num_workers"],
             pin_memory=self.env.device.type == "cuda",
         )
-        step_fn = TrainStep(
+        step = TrainStep(
             self.net,
             self.objective,
             self.layersync,
             self.optimizer,
             self.ema,
             grad_clip=self.config["optim"]["grad_clip"],
-            autocast_dtype=PRECISIONS[cfg["precision"]],
+            autocast_dtype=self.autocast_dtype,
             cfg_dropout=cfg["cfg_dropout"] if self.num_classes else 0.0,
             generator=self.generator,
             rank=self.env.rank,
             world=self.env.world,
         )
+        # DDP needs more eager iterations before capture (its buckets settle on the first ones).
+        step_fn = make_step(step, self.step_mode, warmup=11 if self.env.world > 1 else 3)
+        if self.env.main:
+            log.info("step mode: %s, precision: %s", self.step_mode, self.autocast_dtype or "fp32")
         total = cfg["steps"]
         bar = tqdm(total=total, initial=self.step, disable=not self.env.main, unit="step", dynamic_ncols=True)
         metrics = open(self.out / "metrics.jsonl", "a") if self.env.main else None
@@ -196,7 +226,9 @@ class Trainer:
                     self.save_checkpoint()
                     raise KeyboardInterrupt(f"stopped at step {self.step}; checkpoint saved, run again to resume")
                 x, cond = next(batches)
-                x = self.tokenizer.encode(x.to(self.env.device, non_blocking=True))
+                x = x.to(self.env.device, non_blocking=True)
+                if not self.encoded:
+                    x = self.tokenizer.encode(x)
                 cond = cond.to(self.env.device, non_blocking=True)
                 out = step_fn(x, cond)
                 self.step += 1

@@ -1,0 +1,31 @@
+"""python -m benchmarks [SUITE [ARGS...]]: list the suites, or run one.
+
+Each suite prints a table and writes a JSON and a Markdown report (machine,
+versions, date) under results/ (or $LAYERSYNC_RESULTS).
+"""
+
+import importlib
+import sys
+
+SUITES = {
+    "overhead": "LayerSync on/off step-time ratio (target <= 1.02)",
+    "step_speed": "eager vs compile vs CUDA graph: step time, memory, images/s, MFU; CPU plain baseline",
+}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "list"):
+        print(__doc__)
+        for name, what in SUITES.items():
+            print(f"  {name:<12} {what}")
+        return 0
+    if argv[0] not in SUITES:
+        print(f"unknown suite '{argv[0]}' (known: {', '.join(SUITES)})", file=sys.stderr)
+        return 2
+    importlib.import_module(f"benchmarks.{argv[0]}").main(argv[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""How the step function runs: eager, torch.compile, or one captured CUDA graph."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from layersync.errors import ConfigError
+from layersync.train.step import TrainStep
+
+log = logging.getLogger("layersync")
+STEP_MODES = ("auto", "eager", "compile", "graph")
+
+
+def resolve_mode(mode: str, device: torch.device) -> str:
+    """``auto`` is graph on CUDA and eager elsewhere; graph needs CUDA."""
+    if mode not in STEP_MODES:
+        raise ConfigError(f"train.step_mode must be one of {', '.join(STEP_MODES)}, got {mode!r}")
+    if mode == "auto":
+        return "graph" if device.type == "cuda" else "eager"
+    if mode == "graph" and device.type != "cuda":
+        raise ConfigError(f"train.step_mode=graph needs a CUDA device, this run uses {device.type}")
+    return mode
+
+
+class CapturedStep:
+    """Run a TrainStep as one CUDA graph.
+
+    The first ``warmup`` calls run eagerly on a side stream (they are real
+    training steps: the optimizer and autograd allocate their state there).
+    The next call copies its batch into static buffers, captures the whole
+    step (RNG through the registered generator, so every replay draws fresh
+    noise) and replays it; later calls only copy and replay. The returned
+    losses are static tensors, overwritten by each replay: read them before
+    the next call.
+    """
+
+    def __init__(self, step: TrainStep, warmup: int = 3):
+        self.step, self.warmup = step, warmup
+        self.calls = 0
+        self.graph = None
+        self.static_in = None
+        self.static_out = None
+
+    def __call__(self, x1, cond):
+        if self.graph is not None:
+            if x1.shape != self.static_in[0].shape:
+                raise ValueError(f"captured step expects batches of shape {tuple(self.static_in[0].shape)}, got {tuple(x1.shape)}")
+            self.static_in[0].copy_(x1, non_blocking=True)
+            self.static_in[1].copy_(cond, non_blocking=True)
+            self.graph.replay()
+            return self.static_out
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        if self.calls < self.warmup:
+            self.calls += 1
+            with torch.cuda.stream(side):
+                out = self.step(x1, cond)
+            torch.cuda.current_stream().wait_stream(side)
+            return out
+        self.static_in = (x1.clone(), cond.clone())
+        self.graph = torch.cuda.CUDAGraph()
+        if self.step.generator is not None and self.step.generator.device.type == "cuda":
+            self.graph.register_generator_state(self.step.generator)
+        torch.cuda.synchronize()
+        # thread_local: the data loader's pin-memory thread may touch CUDA meanwhile
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            self.static_out = self.step(*self.static_in)
+        self.graph.replay()
+        return self.static_out
+
+
+def make_step(step: TrainStep, mode: str, warmup: int = 3):
+    """Wrap a TrainStep for the resolved mode."""
+    if mode == "eager":
+        return step
+    if mode == "compile":
+        step.forward_losses = torch.compile(step.forward_losses)
+        return step
+    if mode == "graph":
+        return CapturedStep(step, warmup)
+    raise ValueError(f"unknown step mode {mode!r}")
