@@ -62,3 +62,10 @@ def layersync_evaluators():
     ``factory(**options)`` builds a ``layersync.interfaces.Evaluator``
     (``update(samples, real=...)`` then ``compute() -> dict[str, float]``).
     """
+
+
+@hookspec
+def layersync_weights():
+    """Return ``{name: layersync.metrics.WeightFile}``: published files the plugin's
+    evaluators or tokenizers load (``layersync weights`` lists them, ``layersync fetch``
+    downloads one for users with internet)."""

@@ -10,7 +10,7 @@ import pluggy
 from layersync import hookspecs
 
 ENTRY_POINT_GROUP = "layersync"
-CATEGORIES = ("modalities", "datasets", "tokenizers", "backbones", "evaluators")
+CATEGORIES = ("modalities", "datasets", "tokenizers", "backbones", "evaluators", "weights")
 
 
 @dataclass

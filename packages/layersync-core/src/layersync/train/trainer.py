@@ -83,6 +83,8 @@ class Trainer:
         self.modality = build.modality(self.registry, config)
         self.dataset = build.dataset(self.registry, config)
         self.tokenizer = build.tokenizer(self.registry, config)
+        if hasattr(self.tokenizer, "to"):  # a network tokenizer (VAE) runs where the model runs
+            self.tokenizer.to(self.env.device)
         # A dataset of cached latents is already in model space and says so with `encoded = True`.
         self.encoded = bool(getattr(self.dataset, "encoded", False))
         shape = tuple(self.dataset.sample_shape)

@@ -1,0 +1,6 @@
+"""Metric building blocks shared by every modality's evaluator."""
+
+from layersync.metrics.frechet import GaussianStats, frechet_distance
+from layersync.metrics.weights import MissingWeightsError, WeightFile, resolve_weights
+
+__all__ = ["GaussianStats", "MissingWeightsError", "WeightFile", "frechet_distance", "resolve_weights"]

@@ -1,0 +1,89 @@
+"""Streaming Gaussian statistics of features and the Fréchet distance between them.
+
+Sums are kept in float64 and can be merged across ranks, so the statistics
+do not depend on how the features were chunked or sharded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+class GaussianStats:
+    """Running count, sum and sum of outer products of (N, D) feature batches."""
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self.count = 0
+        self.total = torch.zeros(dim, dtype=torch.float64)
+        self.outer = torch.zeros(dim, dim, dtype=torch.float64)
+
+    def update(self, features: torch.Tensor) -> None:
+        f = features.detach().reshape(features.shape[0], -1).to("cpu", torch.float64)
+        if f.shape[1] != self.dim:
+            raise ValueError(f"features have dimension {f.shape[1]}, these statistics {self.dim}")
+        self.count += f.shape[0]
+        self.total += f.sum(0)
+        self.outer += f.T @ f
+
+    def merge(self, other: "GaussianStats") -> "GaussianStats":
+        self.count += other.count
+        self.total += other.total
+        self.outer += other.outer
+        return self
+
+    def all_reduce(self) -> "GaussianStats":
+        """Sum the statistics of every rank (no-op outside torch.distributed)."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+            packed = torch.cat([torch.tensor([float(self.count)], dtype=torch.float64), self.total, self.outer.flatten()])
+            packed = packed.to(device)
+            dist.all_reduce(packed)
+            packed = packed.cpu()
+            self.count = int(round(packed[0].item()))
+            self.total = packed[1 : 1 + self.dim].clone()
+            self.outer = packed[1 + self.dim :].reshape(self.dim, self.dim).clone()
+        return self
+
+    @property
+    def mean(self) -> np.ndarray:
+        return (self.total / self.count).numpy()
+
+    @property
+    def cov(self) -> np.ndarray:
+        """Unbiased covariance (divides by N - 1, like numpy.cov)."""
+        if self.count < 2:
+            raise ValueError(f"a covariance needs at least 2 samples, got {self.count}")
+        mu = self.total / self.count
+        cov = (self.outer - self.count * torch.outer(mu, mu)) / (self.count - 1)
+        return cov.numpy()
+
+    @classmethod
+    def of(cls, features) -> "GaussianStats":
+        features = torch.as_tensor(features)
+        stats = cls(features.reshape(features.shape[0], -1).shape[1])
+        stats.update(features)
+        return stats
+
+
+def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
+    """Square root of a symmetric positive semi-definite matrix (eigenvalues clamped at 0)."""
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2), in float64.
+
+    The symmetric form needs only eigendecompositions of symmetric matrices,
+    which stay real and stable where sqrtm of the non-symmetric S1 S2 does not.
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    if mu1.shape != mu2.shape or s1.shape != s2.shape:
+        raise ValueError(f"statistics of different dimensions: {mu1.shape} vs {mu2.shape}")
+    root1 = _sqrt_psd(s1)
+    middle = _sqrt_psd(root1 @ s2 @ root1)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(middle))
