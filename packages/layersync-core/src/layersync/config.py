@@ -8,6 +8,7 @@ unknown key is an error.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import yaml
@@ -54,9 +55,24 @@ DEFAULTS: dict = {
 OPEN_SECTIONS = ("data", "tokenizer", "model")
 
 
+class Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``3e-4`` as a string; here it is the float everyone means."""
+
+
+Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=Loader)
+
+
 def read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = parse_yaml(Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as exc:
@@ -79,6 +95,8 @@ def merge(base: dict, update: dict, where: str = "") -> dict:
         if isinstance(out.get(key), dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{name}' must be a mapping, got {value!r}")
+            if key in OPEN_SECTIONS and not where and value.get("name", out[key].get("name")) != out[key].get("name"):
+                out[key] = {"name": value["name"]}  # another factory: the old one's options do not apply
             out[key] = merge(out[key], value, f"{name}.")
         else:
             out[key] = value
@@ -91,7 +109,7 @@ def set_key(config: dict, assignment: str) -> dict:
         raise ConfigError(f"--set expects key=value, got '{assignment}'")
     dotted, raw = assignment.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = parse_yaml(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     update: dict = value

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 
 import torch
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @runtime_checkable
@@ -68,9 +71,13 @@ class Modality:
     recipe: the default config file (YAML).
     save_samples: ``save_samples(x, path_stem) -> Path`` writes decoded
         samples in the form people look at (PNG grid, WAV, MP4, ...).
+    to_array: ``to_array(x) -> ndarray`` turns decoded samples into the array
+        format the field's evaluation tools read (images: uint8 NHWC, as in
+        ADM's sample files); None keeps the float samples as they are.
     """
 
     name: str
     description: str
     recipe: Path
     save_samples: Callable[[torch.Tensor, Path], Path]
+    to_array: Callable[[torch.Tensor], np.ndarray] | None = None

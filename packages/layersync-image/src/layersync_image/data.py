@@ -1,17 +1,24 @@
-"""Image data: an ImageFolder tree (the ImageNet layout) and the bundled digits."""
+"""Image data: an ImageFolder tree (the ImageNet layout), Hugging Face Parquet files, the bundled digits."""
 
 from __future__ import annotations
 
+import glob
+import io
+import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
+from tqdm import tqdm
 
 from layersync.errors import DataError
 
@@ -50,15 +57,68 @@ class DigitsDataset(Dataset):
         return self.images[i], self.labels[i]
 
 
-class ImageFolderDataset(Dataset):
+ON_ERROR = ("fail", "skip")
+
+
+class _Images(Dataset):
+    """Shared by the image readers: decoding, ADM centre crop, flip, [-1, 1], the on_error policy.
+
+    ``on_error``: ``fail`` raises a DataError naming the image when an unreadable one is
+    loaded; ``skip`` decodes every image once up front and leaves the unreadable ones out.
+    """
+
+    def __init__(self, image_size: int, channels: int, hflip: bool, on_error: str):
+        if channels not in (1, 3):
+            raise DataError(f"data.channels must be 1 or 3, got {channels}")
+        if on_error not in ON_ERROR:
+            raise DataError(f"data.on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+        self.mode = "L" if channels == 1 else "RGB"
+        self.image_size, self.on_error = image_size, on_error
+        self.sample_shape = (channels, image_size, image_size)
+        steps = [transforms.RandomHorizontalFlip()] if hflip else []
+        self.transform = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(0.5, 0.5)])
+
+    def decode(self, source, where: str) -> Image.Image:
+        """A path or encoded bytes -> image in this data set's mode; a DataError naming ``where``."""
+        try:
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+                return image.convert(self.mode)
+        except Exception as exc:
+            raise DataError(f"cannot read image {where}: {exc}") from None
+
+    def readable(self, count: int, read, name, where) -> list[int]:
+        """Indices ``i < count`` whose ``read(i)`` succeeds; logs how many failed and the first few."""
+        keep, bad = [], []
+        for i in tqdm(range(count), desc=f"checking images in {where}", unit="img", disable=None):
+            try:
+                read(i)
+            except DataError:
+                bad.append(name(i))
+            else:
+                keep.append(i)
+        if bad:
+            log.warning("skipping %d unreadable image(s) of %d in %s (on_error=skip): %s%s", len(bad), count, where,
+                        ", ".join(bad[:5]), ", ..." if len(bad) > 5 else "")
+        if not keep:
+            raise DataError(f"no readable image in {where}")
+        return keep
+
+    def sample(self, image: Image.Image, label: int):
+        return self.transform(center_crop(image, self.image_size)), label
+
+
+class ImageFolderDataset(_Images):
     """``root/<class>/<image>``; labels follow the sorted class folder names.
 
     Images are centre-cropped (ADM), randomly flipped and scaled to [-1, 1].
-    An empty tree or class folder is refused up front; an unreadable image
-    raises a DataError naming its path when it is loaded.
+    Files are picked by image extension; an empty tree or class folder is
+    refused up front; a file with an image extension that does not decode is
+    corrupt (see ``on_error``).
     """
 
-    def __init__(self, root: str, image_size: int = 256, channels: int = 3, hflip: bool = True):
+    def __init__(self, root: str, image_size: int = 256, channels: int = 3, hflip: bool = True,
+                 on_error: str = "fail"):
+        super().__init__(image_size, channels, hflip, on_error)
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"data path {self.root} is not a folder (expected root/<class>/<image files>)")
@@ -71,31 +131,147 @@ class ImageFolderDataset(Dataset):
             if not files:
                 raise DataError(f"class folder {self.root / name} holds no image files ({', '.join(IMG_EXTENSIONS)})")
             self.items += [(f, label) for f in files]
-        if channels not in (1, 3):
-            raise DataError(f"data.channels must be 1 or 3, got {channels}")
         self.classes, self.num_classes = classes, len(classes)
-        self.mode = "L" if channels == 1 else "RGB"
-        self.image_size = image_size
-        self.sample_shape = (channels, image_size, image_size)
-        steps = [transforms.RandomHorizontalFlip()] if hflip else []
-        self.transform = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(0.5, 0.5)])
+        if on_error == "skip":
+            keep = self.readable(len(self.items), self._image, lambda i: str(self.items[i][0]), self.root)
+            self.items = [self.items[i] for i in keep]
+
+    def _image(self, i) -> Image.Image:
+        return self.decode(self.items[i][0], str(self.items[i][0]))
 
     def __len__(self):
         return len(self.items)
 
     def __getitem__(self, i):
-        path, label = self.items[i]
+        return self.sample(self._image(i), self.items[i][1])
+
+
+SPLIT_FILE = re.compile(r"^(.+)-\d+-of-\d+\.parquet$")  # Hugging Face shards: train-00012-of-00257.parquet
+
+
+def parquet_files(path: str) -> list[Path]:
+    """The Parquet files at ``path``: one file, a glob, or a folder's ``*.parquet`` (one split only)."""
+    if glob.has_magic(str(path)):
+        files = sorted(Path(f) for f in glob.glob(str(path)) if f.endswith(".parquet"))
+    elif Path(path).is_dir():
+        files = sorted(Path(path).glob("*.parquet"))
+    else:
+        files = [Path(path)] if Path(path).is_file() else []
+    if not files:
+        raise DataError(f"data path {path} holds no .parquet files")
+    splits = sorted({m.group(1) for f in files if (m := SPLIT_FILE.match(f.name))})
+    if len(splits) > 1:
+        raise DataError(f"data path {path} mixes the splits {', '.join(splits)}: point it at one of them, "
+                        f"e.g. {Path(path) / (splits[-1] + '-*.parquet')}")
+    return files
+
+
+def is_parquet(path: str) -> bool:
+    """True for a .parquet file or glob, or a folder holding .parquet files."""
+    return str(path).endswith(".parquet") or (Path(path).is_dir() and any(Path(path).glob("*.parquet")))
+
+
+class ParquetImageDataset(_Images):
+    """Images stored as Parquet in the Hugging Face layout, read locally with pyarrow.
+
+    ``path``: a ``.parquet`` file, a glob or a folder of them (e.g. ILSVRC/imagenet-1k's
+    ``data/train-*.parquet``), with columns ``image`` (struct of ``bytes``, ``path``) and
+    ``label`` (int). Labels are read up front; images per item, by row group (kept for the
+    next rows), so a sequential pass such as building a latent cache reads each file once,
+    while random access reads a whole row group per image. The number of classes comes
+    from the Hugging Face ClassLabel names when the file carries them, else max label + 1.
+    """
+
+    def __init__(self, path: str, image_size: int = 256, channels: int = 3, hflip: bool = True,
+                 on_error: str = "fail"):
+        super().__init__(image_size, channels, hflip, on_error)
+        self.path, self.files = path, parquet_files(path)
+        labels, self.groups, names = [], [], None
+        for file in self.files:
+            meta = self._open_checked(file)
+            column = pq.read_table(file, columns=["label"]).column("label")
+            if column.null_count:
+                raise DataError(f"Parquet file {file} has {column.null_count} rows without a label")
+            labels.append(column.to_numpy())
+            self.groups.append(np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]))
+            names = names or class_names(meta.schema.to_arrow_schema())
+        self.starts = np.cumsum([0] + [len(x) for x in labels])
+        self.labels = np.concatenate(labels).astype(np.int64)
+        if len(self.labels) == 0:
+            raise DataError(f"data path {path} holds no rows")
+        if self.labels.min() < 0:
+            i = int(np.argmin(self.labels))
+            raise DataError(f"{self._where(i)} has label {self.labels[i]}: expected class indices >= 0 "
+                            "(an unlabelled split such as test?)")
+        self.num_classes = len(names) if names else int(self.labels.max()) + 1
+        self.classes = names
+        self.rows = np.arange(len(self.labels))
+        self._files, self._group = {}, (None, None)  # per process: open files, the last row group read
+        if on_error == "skip":
+            self.rows = self.rows[self.readable(len(self.rows), self._image, self._where, path)]
+
+    @staticmethod
+    def _open_checked(file: Path):
         try:
-            with Image.open(path) as image:
-                image = image.convert(self.mode)
-        except Exception as exc:
-            raise DataError(f"cannot read image {path}: {exc}") from None
-        return self.transform(center_crop(image, self.image_size)), label
+            meta = pq.read_metadata(file)
+        except (OSError, pa.ArrowException) as exc:
+            raise DataError(f"cannot read Parquet file {file}: {exc}") from None
+        schema = meta.schema.to_arrow_schema()
+        types = {f.name: f.type for f in schema}
+        image, label = types.get("image", pa.null()), types.get("label", pa.null())
+        if not (pa.types.is_struct(image) and image.get_field_index("bytes") >= 0 and pa.types.is_integer(label)):
+            found = ", ".join(f"{f.name} ({f.type})" for f in schema)
+            raise DataError(f"Parquet file {file} has columns {found}; expected image (struct of bytes, path) "
+                            "and label (int)")
+        return meta
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        file = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return file, i - int(self.starts[file])
+
+    def _where(self, i: int) -> str:
+        file, row = self._locate(i)
+        return f"{self.files[file]} row {row}"
+
+    def _image(self, i: int) -> Image.Image:
+        file, row = self._locate(int(self.rows[i]))
+        group = int(np.searchsorted(self.groups[file], row, side="right")) - 1
+        if self._group[0] != (file, group):
+            if file not in self._files:
+                self._files[file] = pq.ParquetFile(self.files[file], memory_map=True)
+            table = self._files[file].read_row_group(group, columns=["image"])
+            self._group = ((file, group), table.column("image").combine_chunks())
+        cell = self._group[1][row - int(self.groups[file][group])].as_py() or {}
+        where = f"{self.files[file]} row {row}" + (f" ({cell['path']})" if cell.get("path") else "")
+        if cell.get("bytes") is None:
+            raise DataError(f"cannot read image {where}: the row holds no image bytes")
+        return self.decode(cell["bytes"], where)
+
+    def __getstate__(self):  # open files and the cached row group stay behind when sent to a worker
+        return {**self.__dict__, "_files": {}, "_group": (None, None)}
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.sample(self._image(i), int(self.labels[self.rows[i]]))
 
 
-def build_images(path: str | None = None, image_size: int = 16, channels: int = 1, hflip: bool = True):
-    """Dataset factory: an ImageFolder at ``path``, or the bundled digits when None."""
+def class_names(schema: pa.Schema) -> list[str] | None:
+    """The ClassLabel names that Hugging Face datasets store in the schema metadata, if any."""
+    try:
+        info = json.loads((schema.metadata or {})[b"huggingface"])
+        return list(info["info"]["features"]["label"]["names"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def build_images(path: str | None = None, image_size: int = 16, channels: int = 1, hflip: bool = True,
+                 on_error: str = "fail"):
+    """Dataset factory: Parquet or an ImageFolder at ``path``, or the bundled digits when None."""
     if path is None:
         log.info("no --data given: using the bundled 8x8 digits upsampled to %dx%d", image_size, image_size)
         return DigitsDataset(image_size)
-    return ImageFolderDataset(path, image_size, channels, hflip)
+    if is_parquet(path):
+        return ParquetImageDataset(path, image_size, channels, hflip, on_error)
+    return ImageFolderDataset(path, image_size, channels, hflip, on_error)

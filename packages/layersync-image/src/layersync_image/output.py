@@ -1,4 +1,4 @@
-"""Write image samples as a PNG grid."""
+"""Image samples: a PNG grid to look at, uint8 arrays for the evaluators."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.utils import save_image
@@ -24,3 +25,9 @@ def save_grid(x: torch.Tensor, stem: Path) -> Path:
     save_image(x.clamp(-1, 1), tmp, nrow=nrow, normalize=True, value_range=(-1, 1), padding=1)
     os.replace(tmp, path)
     return path
+
+
+def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
+    """Samples in [-1, 1], (N, C, H, W) -> uint8 (N, H, W, C), rounded as ADM's sampling scripts do."""
+    pixels = ((x.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).contiguous().cpu().numpy()

@@ -4,9 +4,12 @@ from pathlib import Path
 
 from layersync import IdentityTokenizer, Modality, hookimpl
 
-from layersync_image.data import DigitsDataset, build_images
-from layersync_image.output import save_grid
+from layersync_image.cache import latent_cache
+from layersync_image.data import DigitsDataset, ParquetImageDataset, build_images
+from layersync_image.inception import INCEPTION_FID
+from layersync_image.output import save_grid, to_uint8_nhwc
 from layersync_image.sit import build_sit
+from layersync_image.vae import sd_vae
 
 RECIPES = Path(__file__).parent / "recipes"
 
@@ -19,20 +22,38 @@ def layersync_modalities():
             description="class-conditional images with SiT (pixels or latents)",
             recipe=RECIPES / "digits.yaml",
             save_samples=save_grid,
+            to_array=to_uint8_nhwc,
         )
     }
 
 
 @hookimpl
 def layersync_datasets():
-    return {"imagefolder": build_images, "digits": DigitsDataset}
+    return {"imagefolder": build_images, "digits": DigitsDataset, "latent-cache": latent_cache,
+            "parquet": ParquetImageDataset}
 
 
 @hookimpl
 def layersync_tokenizers():
-    return {"pixels": IdentityTokenizer}
+    return {"pixels": IdentityTokenizer, "sd-vae": sd_vae}
 
 
 @hookimpl
 def layersync_backbones():
     return {"sit": build_sit}
+
+
+def build_image_evaluator(**options):
+    from layersync_image.evaluate import ImageEvaluator  # torch-fidelity only when evaluating
+
+    return ImageEvaluator(**options)
+
+
+@hookimpl
+def layersync_evaluators():
+    return {"image": build_image_evaluator}
+
+
+@hookimpl
+def layersync_weights():
+    return {INCEPTION_FID.name: INCEPTION_FID}

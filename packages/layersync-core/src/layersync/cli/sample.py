@@ -1,35 +1,85 @@
-"""layersync-sample: draw samples from a checkpoint into a picture and an .npz."""
+"""layersync-sample: draw samples from a checkpoint.
+
+A preview (``--num`` up to 64, ``--out`` a stem): OUT.png and OUT.npz (float
+``samples`` and ``cond``), labels cycling through the classes.
+
+A sample set (``--num`` above 64, or ``--out`` an existing folder or one
+ending in "/"), e.g. the 50,000 samples of FID-50K, runs under torchrun too:
+batches are shared out across ranks and written to DIR/parts/ as they finish,
+so a run that stops resumes where it stopped. At the end DIR/samples.npz holds
+``arr_0`` (the modality's array format, e.g. uint8 NHWC images, as ADM's
+evaluation suite reads them) and ``arr_1`` (the labels: every class equally
+often, in an order shuffled with the seed), and DIR/samples.png the first 64.
+DIR/manifest.json records what was sampled; resuming with other settings is
+refused.
+
+Sample i starts from noise that depends only on (seed, i), so ODE samples with
+a fixed-step solver do not depend on --batch or on the number of ranks. The
+SDE's noise along the way and dopri5's step sizes depend on the batch, so for
+those --batch is part of the manifest.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import os
+import re
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from layersync import build
 from layersync import config as configuration
 from layersync.cli.common import Parser, entry_point
-from layersync.errors import ConfigError
+from layersync.errors import ConfigError, DataError
+from layersync.interfaces import Modality
 from layersync.plugins import registry
-from layersync.train import checkpoint
+from layersync.sampling import Sampler
+from layersync.train import checkpoint, distributed
+from layersync.train.trainer import fast_defaults
 
 log = logging.getLogger("layersync")
 
+PREVIEW = 64  # samples in one preview grid; more than this makes a sample set
+PART = re.compile(r"part_(\d+)_(\d+)\.npz$")
+
+
+def count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
+    return value
+
 
 def parser() -> Parser:
-    p = Parser(prog="layersync-sample", description=__doc__)
+    p = Parser(prog="layersync-sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="a checkpoint file, or a run folder (its latest checkpoint)")
-    p.add_argument("--out", required=True, help="output stem: writes OUT.png (or the modality's format) and OUT.npz")
-    p.add_argument("--num", type=int, help="number of samples (sets sample.num)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cond", type=int, nargs="*", help="class labels to cycle through (default: all classes)")
+    p.add_argument("--out", required=True, help="preview: a stem (writes OUT.png, OUT.npz); sample set: a folder")
+    p.add_argument("-n", "--num", type=count,
+                   help="number of samples (sets sample.num); under torchrun write -n: torchrun reads --num as its own")
+    p.add_argument("--batch", type=count, default=64, help="samples per batch and per part file (default 64)")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--cond", type=int, nargs="*", help="class labels to use (default: all classes)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--mode", choices=("ode", "sde"), help="sets sample.method")
+    p.add_argument("--steps", type=count, help="sets sample.steps")
+    p.add_argument("--cfg-scale", type=float, help="sets sample.cfg_scale")
     p.add_argument("--device", default="auto")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="assignments",
-                   help="override a sample.* key, e.g. --set sample.cfg_scale=4")
+                   help="override a sample.* key, e.g. --set sample.guidance_interval=[0,0.7]")
     return p
 
 
@@ -44,45 +94,290 @@ def find_checkpoint(path: Path) -> Path:
     return path
 
 
-@entry_point("layersync-sample")
-def main(argv=None):
-    args = parser().parse_args(argv)
+def sample_config(config: dict, args) -> dict:
+    for assignment in args.assignments:
+        if not assignment.startswith("sample."):
+            raise ConfigError(f"--set may only change sample.* keys here, got '{assignment}'")
+        config = configuration.set_key(config, assignment)
+    flags = {"num": args.num, "method": args.mode, "steps": args.steps, "cfg_scale": args.cfg_scale}
+    config["sample"].update({key: value for key, value in flags.items() if value is not None})
+    return config
+
+
+@dataclass
+class Model:
+    """Everything that turns (indices, labels) into decoded samples."""
+
+    path: Path
+    step: int
+    config: dict
+    modality: Modality
+    backbone: torch.nn.Module
+    tokenizer: object
+    sampler: Sampler
+    shape: tuple[int, ...]
+    num_classes: int
+    device: torch.device
+
+    @torch.no_grad()
+    def draw(self, start: int, labels: np.ndarray, seed: int) -> torch.Tensor:
+        """Samples start .. start+len(labels)-1, decoded, as float on the CPU."""
+        noise = torch.stack([
+            torch.randn(self.shape, generator=torch.Generator().manual_seed(derive(seed, i)))
+            for i in range(start, start + len(labels))
+        ]).to(self.device)
+        cond = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        g = torch.Generator(self.device).manual_seed(derive(seed, start, 1))  # SDE noise of this batch
+        z = self.sampler(self.backbone, noise, cond, generator=g)
+        return self.tokenizer.decode(z).float().cpu()
+
+
+def derive(*entropy: int) -> int:
+    """A 64-bit seed from a few integers (independent streams per sample)."""
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+
+
+def load_model(args, device: torch.device) -> Model:
     path = find_checkpoint(Path(args.ckpt))
     try:
         state = checkpoint.load(path)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    config = state["config"]
-    for assignment in args.assignments:
-        if not assignment.startswith("sample."):
-            raise ConfigError(f"--set may only change sample.* keys here, got '{assignment}'")
-        config = configuration.set_key(config, assignment)
-    if args.num is not None:
-        config["sample"]["num"] = args.num
+    config = sample_config(state["config"], args)
     reg = registry()
-    modality = build.modality(reg, config)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
-    model = build.backbone(reg, config, state["input_shape"], state["num_classes"])
-    model.load_state_dict(state["model" if args.raw else "ema"])
-    model.to(device).eval()
+    backbone = build.backbone(reg, config, state["input_shape"], state["num_classes"])
+    backbone.load_state_dict(state["model" if args.raw else "ema"])
     tokenizer = build.tokenizer(reg, config)
-    sampler = build.sampler(config, build.objective(config))
+    if hasattr(tokenizer, "to"):  # a network tokenizer (VAE) runs where the model runs
+        tokenizer.to(device)
+    fast_defaults(device)
+    return Model(path, int(state["step"]), config, build.modality(reg, config), backbone.to(device).eval(), tokenizer,
+                 build.sampler(config, build.objective(config)), tuple(state["input_shape"]),
+                 int(state["num_classes"]), device)
 
-    n = config["sample"]["num"]
-    g = torch.Generator().manual_seed(args.seed)
-    noise = torch.randn((n, *state["input_shape"]), generator=g).to(device)
-    classes = torch.tensor(args.cond) if args.cond else torch.arange(max(state["num_classes"], 1))
-    cond = classes.repeat((n + len(classes) - 1) // len(classes))[:n].to(device)
-    x = tokenizer.decode(sampler(model, noise, cond, generator=g)).float().cpu()
 
-    out = Path(args.out)
+def classes(args, num_classes: int) -> np.ndarray:
+    if not args.cond:
+        return np.arange(max(num_classes, 1))
+    if num_classes == 0:
+        raise ConfigError("--cond given, but the checkpoint's model is unconditional")
+    bad = [c for c in args.cond if not 0 <= c < num_classes]
+    if bad:
+        raise ConfigError(f"--cond {bad[0]} is not a class of this model (expected 0..{num_classes - 1})")
+    return np.array(args.cond)
+
+
+def balanced_labels(n: int, pool: np.ndarray, seed: int) -> np.ndarray:
+    """Each class of the pool n/len(pool) times (+-1), shuffled with the seed."""
+    return np.random.default_rng(seed).permutation(pool[np.arange(n) % len(pool)]).astype(np.int64)
+
+
+# ---- preview --------------------------------------------------------------------
+
+
+def preview(model: Model, args, out: Path) -> None:
+    n = model.config["sample"]["num"]
+    pool = classes(args, model.num_classes)
+    labels = pool[np.arange(n) % len(pool)]
+    x = torch.cat([model.draw(s, labels[s:s + args.batch], args.seed) for s in range(0, n, args.batch)])
     out.parent.mkdir(parents=True, exist_ok=True)
-    picture = modality.save_samples(x, out)
+    picture = model.modality.save_samples(x, out)
     tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(tmp, samples=x.numpy(), cond=cond.cpu().numpy())
+    np.savez(tmp, samples=x.numpy(), cond=labels)
     os.replace(tmp, out.with_suffix(".npz"))
-    log.info("%d samples from %s (step %d): %s, %s", n, path, state["step"], picture, out.with_suffix(".npz"))
+    log.info("%d samples from %s (step %d): %s, %s", n, model.path, model.step, picture, out.with_suffix(".npz"))
+
+
+# ---- sample set -----------------------------------------------------------------
+
+
+def manifest_of(model: Model, args) -> dict:
+    sample = model.config["sample"]
+    to_array = model.modality.to_array
+    batch_dependent = sample["method"] == "sde" or sample["solver"] == "dopri5"
+    manifest = {
+        "checkpoint": str(model.path.resolve()),
+        "step": model.step,
+        "weights": "raw" if args.raw else "ema",
+        "seed": args.seed,
+        "cond": args.cond or None,
+        "sample": sample,
+        "array": f"{to_array.__module__}.{to_array.__qualname__}" if to_array else "float32",
+        "batch": args.batch if batch_dependent else None,
+    }
+    return json.loads(json.dumps(manifest))
+
+
+def check_manifest(folder: Path, manifest: dict) -> bool:
+    """True if ``folder`` already holds this run's manifest; ConfigError if it holds another's."""
+    path = folder / "manifest.json"
+    if not path.exists():
+        return False
+    try:
+        there = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON ({exc})") from None
+    if there != manifest:
+        flat_here, flat_there = flatten(manifest), flatten(there)
+        diff = [f"{k}: {flat_here.get(k)!r} here vs {flat_there.get(k)!r} there"
+                for k in sorted(set(flat_here) | set(flat_there)) if flat_here.get(k) != flat_there.get(k)]
+        raise ConfigError(f"{folder} holds samples of another run ({'; '.join(diff)}); "
+                          "use another --out or delete that folder")
+    return True
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        out.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def write_atomic_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def list_parts(folder: Path) -> list[tuple[int, int, Path]]:
+    found = [(PART.match(p.name), p) for p in folder.glob("part_*.npz")]
+    return sorted((int(m.group(1)), int(m.group(2)), p) for m, p in found if m)
+
+
+def batches(n: int, done: list[tuple[int, int, Path]], size: int) -> list[tuple[int, int]]:
+    """The index ranges still to sample: each gap between finished parts, cut into batches."""
+    covered = np.zeros(n, dtype=bool)
+    for start, end, _ in done:
+        covered[start:end] = True
+    out, i = [], 0
+    while i < n:
+        if covered[i]:
+            i += 1
+            continue
+        end = i
+        while end < n and not covered[end] and end - i < size:
+            end += 1
+        out.append((i, end))
+        i = end
+    return out
+
+
+def write_part(folder: Path, start: int, end: int, arrays: dict) -> Path:
+    path = folder / f"part_{start:08d}_{end:08d}.npz"
+    tmp = folder / f".{path.name}.tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def sample_set(model: Model, args, out: Path, env: distributed.Dist) -> None:
+    n = model.config["sample"]["num"]
+    manifest = manifest_of(model, args)
+    labels = balanced_labels(n, classes(args, model.num_classes), args.seed)
+    parts_dir, final = out / "parts", out / "samples.npz"
+    resuming = check_manifest(out, manifest)  # every rank reads it before rank 0 may write it
+    if final.exists():
+        if not resuming:
+            raise ConfigError(f"{final} exists but {out / 'manifest.json'} does not; use another --out")
+        if env.main:
+            log.info("%s is already complete", final)
+        return
+    if env.main:
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        if not resuming:
+            write_atomic_json(out / "manifest.json", manifest)
+    distributed.barrier(env)
+
+    done = list_parts(parts_dir)
+    todo = batches(n, done, args.batch)
+    mine = todo[env.rank::env.world]
+    to_array = model.modality.to_array or torch.Tensor.numpy  # float samples, as decoded
+    if env.main and done:
+        log.info("resuming: %d of %d samples are done", sum(e - s for s, e, _ in done), n)
+    desc = "sampling" if env.world == 1 else f"sampling (rank 0 of {env.world})"
+    with tqdm(total=sum(e - s for s, e in mine), unit="sample", desc=desc, disable=not env.main) as bar:
+        for start, end in mine:
+            x = model.draw(start, labels[start:end], args.seed)
+            write_part(parts_dir, start, end, {
+                "index": np.arange(start, end), "label": labels[start:end], "array": to_array(x),
+                "preview": x[: max(0, PREVIEW - start)].numpy(),
+            })
+            bar.update(end - start)
+    distributed.barrier(env)
+    if env.main:
+        assemble(parts_dir, final, labels, model)
+
+
+def check_coverage(parts: list[tuple[int, int, Path]], n: int, folder: Path) -> None:
+    """The sorted parts must hold samples 0..n-1, each exactly once."""
+    expected = 0
+    for start, end, path in parts:
+        if start != expected:
+            what = f"samples {expected}..{start - 1} are missing" if start > expected else f"{path.name} overlaps"
+            raise DataError(f"cannot assemble the samples in {folder}: {what}")
+        expected = end
+    if expected < n:
+        raise DataError(f"cannot assemble the samples in {folder}: samples {expected}..{n - 1} are missing")
+    if expected > n:
+        raise DataError(f"cannot assemble the samples in {folder}: {parts[-1][2].name} goes past sample {n - 1}")
+
+
+def assemble(parts_dir: Path, final: Path, labels: np.ndarray, model: Model) -> None:
+    """Check the parts cover 0..N-1 once each, then stream them into one .npz in index order."""
+    parts = list_parts(parts_dir)
+    check_coverage(parts, len(labels), parts_dir)
+    shown = []
+    tmp = final.with_name(final.name + ".tmp")
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with zf.open("arr_0.npy", "w", force_zip64=True) as f:
+                for k, (start, end, path) in enumerate(parts):
+                    with np.load(path) as part:
+                        array, index, label = part["array"], part["index"], part["label"]
+                        shown.append(torch.from_numpy(part["preview"]))
+                    if not (np.array_equal(index, np.arange(start, end)) and np.array_equal(label, labels[start:end])):
+                        raise DataError(f"{path} does not hold samples {start}..{end - 1} of this run")
+                    if k == 0:
+                        item = (array.dtype, array.shape[1:])
+                        header = {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False,
+                                  "shape": (len(labels), *array.shape[1:])}
+                        np.lib.format.write_array_header_1_0(f, header)
+                    if (array.dtype, array.shape[1:]) != item or len(array) != end - start:
+                        raise DataError(f"{path} holds {array.dtype} {array.shape}, unlike the other parts")
+                    f.write(np.ascontiguousarray(array).data)
+            if model.num_classes:  # ADM writes labels for class-conditional models only
+                with zf.open("arr_1.npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, labels)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    picture = model.modality.save_samples(torch.cat(shown), final.with_suffix(""))
+    os.replace(tmp, final)
+    for _, _, path in parts:
+        path.unlink()
+    for leftover in parts_dir.glob(".part_*.tmp"):  # from batches a stopped run had begun
+        leftover.unlink()
+    parts_dir.rmdir()
+    log.info("%d samples from %s (step %d): %s, %s", len(labels), model.path, model.step, final, picture)
+
+
+def is_sample_set(out: str, n: int) -> bool:
+    return n > PREVIEW or out.endswith(("/", os.sep)) or Path(out).is_dir()
+
+
+@entry_point("layersync-sample")
+def main(argv=None):
+    args = parser().parse_args(argv)
+    env = distributed.setup(args.device)
+    try:
+        model = load_model(args, env.device)
+        if is_sample_set(args.out, model.config["sample"]["num"]):
+            sample_set(model, args, Path(args.out), env)
+        elif env.main:
+            preview(model, args, Path(args.out))
+    finally:
+        distributed.teardown(env)
     return 0
 
 
