@@ -64,7 +64,7 @@ def layersync(config: dict, depth: int) -> LayerSync | None:
     try:
         return LayerSync(pairs, section["weight"], depth=depth)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"layersync.pairs: {exc}") from None
+        raise ConfigError(f"layersync.pairs: {exc} (set other pairs with --layersync K:K2)") from None
 
 
 def sampler(config: dict, obj: FlowObjective) -> Sampler:

@@ -233,7 +233,7 @@ class LatentCacheDataset(Dataset):
         meta = read_meta(self.path)
         diffs = differences(meta["fingerprint"], expect or {})
         if diffs:
-            raise DataError(mismatch_message(self.path, diffs, "expected"))
+            raise DataError(mismatch_message(self.path, diffs, "expected") + " (the expectation is data.expect in the config)")
         missing = [shard_name(i) for i in range(meta["num_shards"]) if not (self.path / shard_name(i)).is_file()]
         if missing:
             raise DataError(
@@ -281,3 +281,8 @@ class LatentCacheDataset(Dataset):
 def latent_cache(path: str, expect: dict | None = None) -> LatentCacheDataset:
     """Dataset factory (registry name ``latent-cache``)."""
     return LatentCacheDataset(path, expect)
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -375,6 +375,8 @@ def main(argv=None):
         if is_sample_set(args.out, model.config["sample"]["num"]):
             sample_set(model, args, Path(args.out), env)
         elif env.main:
+            log.info("a preview (%s.png, %s.npz of floats); for an ADM sample set give --out a folder ending in /",
+                     args.out, args.out)
             preview(model, args, Path(args.out))
     finally:
         distributed.teardown(env)
