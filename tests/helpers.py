@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import torch
+
 TINY = [
     "--set", "data.image_size=8",
     "--set", "model.size=T/4",
@@ -21,3 +23,23 @@ def tiny_args(out, steps, *extra):
 
 def read_metrics(out) -> list[dict]:
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def tiny_vae(size: int, std_bias: float | None = None):
+    """A randomly initialised diffusers AutoencoderKL that halves the image side."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=size,
+    )
+    if std_bias is not None:  # raise the posterior's log-variance bias
+        with torch.no_grad():
+            vae.quant_conv.bias[4:] = std_bias
+    return vae

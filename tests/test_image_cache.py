@@ -11,6 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from torchvision.transforms.functional import normalize, to_tensor
 
+from helpers import tiny_vae
 from layersync.errors import ConfigError, DataError
 from layersync_image import cache as cache_module
 from layersync_image.cache import LatentCacheDataset, latent_cache, main, shard_name, write_cache
@@ -22,18 +23,7 @@ SIZE = 16  # images are cropped to 16x16; the tiny VAE downsamples by 2 -> laten
 
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=SIZE,
-    )
-    with torch.no_grad():  # a non-trivial posterior std, so mean and std are both tested
-        vae.quant_conv.bias[4:] = 1.0
+    vae = tiny_vae(SIZE, std_bias=1.0)  # a non-trivial posterior std, so mean and std are both tested
     folder = tmp_path_factory.mktemp("vae")
     vae.save_pretrained(folder)
     return folder

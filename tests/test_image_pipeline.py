@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL
 from PIL import Image
 
-from helpers import read_metrics
+from helpers import read_metrics, tiny_vae
 from layersync.cli import sample, train
 from layersync.train import checkpoint
 from layersync_image import cache, evaluate
@@ -38,20 +37,6 @@ def image_folder(root: Path) -> np.ndarray:
     return np.stack(images)
 
 
-def tiny_vae(folder: Path) -> Path:
-    torch.manual_seed(0)
-    AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=SIZE,
-    ).save_pretrained(folder)
-    return folder
-
-
 def check_training_grid(path: Path) -> None:
     """GRID decoded 32x32 RGB images, enlarged x2 (nearest) to 64 px cells, padding 1: not raw latents."""
     with Image.open(path) as image:
@@ -64,7 +49,8 @@ def check_training_grid(path: Path) -> None:
 
 def test_imagenet_pipeline_at_toy_scale(tmp_path, monkeypatch, capsys):
     images = image_folder(tmp_path / "images")
-    vae = tiny_vae(tmp_path / "vae")
+    vae = tmp_path / "vae"
+    tiny_vae(SIZE).save_pretrained(vae)
     latents, run, fid_dir = tmp_path / "latents", tmp_path / "run", tmp_path / "fid"
 
     # 1. layersync-cache: the folder's SD-VAE latents (image and flip), once

@@ -43,7 +43,8 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def fetch_hint(weight: WeightFile, target: Path) -> str:
-    return f"fetch it with: mkdir -p {target.parent} && curl -L -o {target} {weight.url}"
+    return (f"fetch it with `layersync fetch {weight.name}`, or: "
+            f"mkdir -p {target.parent} && curl -L -o {target} {weight.url}")
 
 
 def resolve_weights(weight: WeightFile, path: str | Path | None = None) -> Path:
