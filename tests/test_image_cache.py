@@ -186,3 +186,21 @@ def test_dataset_refuses_a_cache_of_other_inputs(tmp_path, vae_dir):
     meta = json.loads((out / "meta.json").read_text())
     assert set(meta["fingerprint"]) == {"data", "vae", "preprocessing", "layout"}
     assert cache_module.CROP == meta["fingerprint"]["preprocessing"]["crop"]
+
+
+def test_cache_reads_hugging_face_parquet_shards(tmp_path, vae_dir):
+    from test_image_parquet import png, write_shard
+
+    rng = np.random.default_rng(3)
+    arrays = [rng.integers(0, 255, (20, 24, 3), dtype=np.uint8) for _ in range(3)]
+    folder = tmp_path / "parquet"
+    folder.mkdir()
+    write_shard(folder / "train-00000-of-00001.parquet", [(png(a), f"{i}.png", i % 2) for i, a in enumerate(arrays)])
+    meta = build(folder, tmp_path / "cache", vae_dir)
+    assert meta["num_items"] == 3 and meta["fingerprint"]["data"]["files"] == 3
+    x = torch.stack([normalize(to_tensor(center_crop(Image.fromarray(a), SIZE)), 0.5, 0.5) for a in arrays])
+    with torch.no_grad():
+        plain = AutoencoderKL.from_pretrained(vae_dir).eval().encode(x).latent_dist
+    mean = torch.cat([load_file(tmp_path / "cache" / shard_name(i))["mean"] for i in range(2)])
+    torch.testing.assert_close(mean[:, 0], plain.mean, atol=1e-5, rtol=1e-5)
+    assert LatentCacheDataset(tmp_path / "cache").labels.tolist() == [0, 1, 0]

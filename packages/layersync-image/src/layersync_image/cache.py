@@ -1,7 +1,7 @@
 """Latents of an image folder computed once: the ``layersync-cache`` command and the data set reading them.
 
 A cache folder holds ``meta.json`` and shards ``shard_00000.safetensors``, ... Each shard
-stores, for up to ``shard_size`` consecutive images of the folder (ImageFolder order),
+stores, for up to ``shard_size`` consecutive images of the data set (ImageFolder or parquet order),
 the SD-VAE posterior ``mean`` and ``std`` (unscaled, float32, shape (N, 2, C, h, w):
 index 0 the centre-cropped image, 1 its horizontal flip) and the class ``label``.
 Training then draws z = scale * (mean + std * eps), exactly what encoding online does.
@@ -27,7 +27,7 @@ from tqdm import tqdm
 from layersync.cli.common import Parser, entry_point
 from layersync.errors import ConfigError, DataError
 from layersync.train import distributed
-from layersync_image.data import ImageFolderDataset
+from layersync_image.data import ImageFolderDataset, ParquetImageDataset, build_images
 from layersync_image.vae import SD_SCALE, SDVAETokenizer, load_vae, vae_fingerprint
 
 log = logging.getLogger("layersync")
@@ -42,15 +42,23 @@ def shard_name(index: int) -> str:
     return f"shard_{index:05d}.safetensors"
 
 
-def data_fingerprint(dataset: ImageFolderDataset) -> dict:
-    """Hashes of the sorted relative image paths, and of the paths with sizes and mtimes."""
+def source_files(dataset: ImageFolderDataset | ParquetImageDataset) -> tuple[Path, list[Path]]:
+    """The folder and the files the items come from (images, or parquet shards)."""
+    if isinstance(dataset, ParquetImageDataset):
+        return dataset.files[0].parent, list(dataset.files)
+    return dataset.root, [path for path, _ in dataset.items]
+
+
+def data_fingerprint(dataset: ImageFolderDataset | ParquetImageDataset) -> dict:
+    """The item count, and hashes of the sorted relative source paths, alone and with sizes and mtimes."""
+    root, files = source_files(dataset)
     names, stats = hashlib.sha256(), hashlib.sha256()
-    for path, _ in dataset.items:
-        relative = path.relative_to(dataset.root).as_posix()
+    for path in files:
+        relative = path.relative_to(root).as_posix()
         info = path.stat()
         names.update(f"{relative}\n".encode())
         stats.update(f"{relative}\t{info.st_size}\t{info.st_mtime_ns}\n".encode())
-    return {"files": len(dataset.items), "names_sha256": names.hexdigest(), "stats_sha256": stats.hexdigest()}
+    return {"files": len(dataset), "names_sha256": names.hexdigest(), "stats_sha256": stats.hexdigest()}
 
 
 def _short(value) -> str:
@@ -147,14 +155,17 @@ def _encode_shards(dataset, tokenizer, meta, out: Path, env, batch: int, workers
 
 def write_cache(data: str, out: str, vae: str | None = None, variant: str = "ema", image_size: int = 256,
                 batch: int = 64, shard_size: int = 1024, device: str = "auto", workers: int = 0) -> dict:
-    """Encode the ImageFolder ``data`` into the cache folder ``out`` (resumes; DDP under torchrun)."""
+    """Encode ``data`` (an ImageFolder tree or parquet shards) into the cache folder ``out``.
+
+    Resumes where it stopped; shards are shared out across ranks under torchrun.
+    """
     if batch < 1 or shard_size < 1 or image_size < 1:
         raise ConfigError(
             f"--batch, --shard-size and --image-size must be positive, got {batch}, {shard_size}, {image_size}"
         )
     env = distributed.setup(device)
     try:
-        dataset = ImageFolderDataset(data, image_size, channels=3, hflip=False)
+        dataset = build_images(data, image_size, channels=3, hflip=False)
         model = load_vae(vae, variant)
         fingerprint = {
             "data": data_fingerprint(dataset),
@@ -175,7 +186,8 @@ def write_cache(data: str, out: str, vae: str | None = None, variant: str = "ema
                 "shard_size": shard_size,
                 "num_shards": math.ceil(len(dataset) / shard_size),
                 "latent_shape": list(tokenizer.latent_shape(dataset.sample_shape)),
-                "classes": dataset.classes,
+                "classes": dataset.classes,  # names; None for parquet without Hugging Face metadata
+                "num_classes": dataset.num_classes,
                 "source": str(Path(data).resolve()),
             }
             _write_atomically(out_dir / META, lambda p: p.write_text(json.dumps(meta, indent=1)))
@@ -194,9 +206,9 @@ def write_cache(data: str, out: str, vae: str | None = None, variant: str = "ema
 @entry_point("layersync-cache")
 def main(argv=None):
     parser = Parser(prog="layersync-cache",
-                    description="Precompute SD-VAE latents (image and flip) of an ImageFolder.")
+                    description="Precompute SD-VAE latents (image and flip) of an ImageFolder or parquet data set.")
     parser.add_argument("--plugin", default="image", choices=["image"], help="the modality (image)")
-    parser.add_argument("--data", required=True, help="ImageFolder root: root/<class>/<image>")
+    parser.add_argument("--data", required=True, help="ImageFolder root (root/<class>/<image>), or Hugging Face parquet shards")
     parser.add_argument("--out", required=True, help="the cache folder (created, or resumed)")
     parser.add_argument("--vae", default=None,
                         help="local AutoencoderKL folder (default: $LAYERSYNC_WEIGHTS_DIR/sd-vae-ft-<variant>)")
@@ -243,7 +255,7 @@ class LatentCacheDataset(Dataset):
             )
         self.shard_size, self.scale = meta["shard_size"], meta["fingerprint"]["preprocessing"]["scale"]
         self.sample_shape = tuple(meta["latent_shape"])
-        self.classes, self.num_classes = meta["classes"], len(meta["classes"])
+        self.classes, self.num_classes = meta["classes"], meta["num_classes"]
         self.labels = torch.cat([self._read_labels(i, meta) for i in range(meta["num_shards"])])
         self._shards = {}  # index -> open safetensors file, per process
 
