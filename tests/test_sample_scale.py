@@ -98,9 +98,10 @@ def test_interrupted_run_resumes_to_the_same_file(run, tmp_path, uint8_images, m
         assert np.array_equal(straight[key], resumed[key]), key
 
 
-def test_batch_size_does_not_change_samples(run, tmp_path, uint8_images):
-    a = sample_set(run, tmp_path / "b3", "--batch", "3")
-    b = sample_set(run, tmp_path / "b5", "--batch", "5")
+@pytest.mark.parametrize("mode", ["ode", "sde"])
+def test_batch_size_does_not_change_samples(run, tmp_path, uint8_images, mode):
+    a = sample_set(run, tmp_path / "b3", "--batch", "3", "--mode", mode)
+    b = sample_set(run, tmp_path / "b5", "--batch", "5", "--mode", mode)
     for key in ("arr_0", "arr_1"):
         assert np.array_equal(a[key], b[key]), key
 
@@ -138,10 +139,10 @@ def test_other_settings_cannot_resume_into_a_folder(run, tmp_path, capsys, caplo
         sample.main(base)  # the same settings: already complete, nothing redone
     assert "already complete" in caplog.text and not (tmp_path / "set" / "parts").exists()
 
-    sde = ["--ckpt", str(run), "--out", f"{tmp_path}/sde/", "--num", "8", "--mode", "sde", "--steps", "3"]
-    sample.main([*sde, "--batch", "4"])
+    adaptive = ["--ckpt", str(run), "--out", f"{tmp_path}/dopri5/", "--num", "8", "--set", "sample.solver=dopri5"]
+    sample.main([*adaptive, "--batch", "4"])
     capsys.readouterr()
-    assert "batch: 3 here vs 4 there" in refused([*sde, "--batch", "3"], capsys)  # SDE noise depends on batches
+    assert "batch: 3 here vs 4 there" in refused([*adaptive, "--batch", "3"], capsys)  # dopri5 steps per batch
 
 
 def test_coverage_check_names_gaps_and_overlaps(tmp_path):

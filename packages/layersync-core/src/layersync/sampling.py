@@ -54,6 +54,15 @@ def diffusion_coefficient(objective: FlowObjective, x, t, form="sigma", norm=1.0
     raise ValueError(f"unknown diffusion form '{form}' (expected one of: {', '.join(DIFFUSION_FORMS)})")
 
 
+def gaussian(like: torch.Tensor, generator=None) -> torch.Tensor:
+    """Standard normal noise shaped like ``like``. ``generator`` may be one generator, or a
+    list of CPU generators, one per row, so that row i depends on its own generator only."""
+    if isinstance(generator, (list, tuple)):
+        rows = [torch.randn(like.shape[1:], generator=g, dtype=like.dtype) for g in generator]
+        return torch.stack(rows).to(like.device)
+    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
 def sde_solve(
     fields,
     diffusion,
@@ -69,7 +78,8 @@ def sde_solve(
 ):
     """Reverse SDE from t0 to t1 in ``steps - 1`` stochastic steps plus a last step.
 
-    fields(x, t) -> (velocity, score); diffusion(x, t) -> w. The last step
+    fields(x, t) -> (velocity, score); diffusion(x, t) -> w; ``generator``: see
+    ``gaussian``. The last step
     goes from t1 to t1 + last_step_size without noise: ``mean`` follows the
     SDE drift, ``euler`` the ODE drift, ``tweedie`` jumps to E[x_data | x],
     ``none`` stops at t1.
@@ -91,7 +101,7 @@ def sde_solve(
 
     for t in ts[:-1]:
         tt = time(t)
-        dw = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * math.sqrt(dt)
+        dw = gaussian(x, generator) * math.sqrt(dt)
         if solver == "euler":
             x = x + drift(x, tt) * dt + torch.sqrt(2 * diffusion(x, tt)) * dw
         else:  # stochastic Heun: noise first, then a Heun step on the drift

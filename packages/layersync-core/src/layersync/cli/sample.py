@@ -13,10 +13,10 @@ often, in an order shuffled with the seed), and DIR/samples.png the first 64.
 DIR/manifest.json records what was sampled; resuming with other settings is
 refused.
 
-Sample i starts from noise that depends only on (seed, i), so ODE samples with
-a fixed-step solver do not depend on --batch or on the number of ranks. The
-SDE's noise along the way and dopri5's step sizes depend on the batch, so for
-those --batch is part of the manifest.
+Sample i starts from noise that depends only on (seed, i), and an SDE draws its
+noise along the way per sample too, so samples do not depend on --batch or on
+the number of ranks. Only dopri5 adapts its steps per batch: for it --batch is
+part of the manifest.
 """
 
 from __future__ import annotations
@@ -127,7 +127,8 @@ class Model:
             for i in range(start, start + len(labels))
         ]).to(self.device)
         cond = torch.as_tensor(labels, dtype=torch.long, device=self.device)
-        g = torch.Generator(self.device).manual_seed(derive(seed, start, 1))  # SDE noise of this batch
+        # the SDE's noise along the way: one generator per sample, so batches do not matter
+        g = [torch.Generator().manual_seed(derive(seed, i, 1)) for i in range(start, start + len(labels))]
         z = self.sampler(self.backbone, noise, cond, generator=g)
         return self.tokenizer.decode(z).float().cpu()
 
@@ -194,7 +195,7 @@ def preview(model: Model, args, out: Path) -> None:
 def manifest_of(model: Model, args) -> dict:
     sample = model.config["sample"]
     to_array = model.modality.to_array
-    batch_dependent = sample["method"] == "sde" or sample["solver"] == "dopri5"
+    batch_dependent = sample["method"] == "ode" and sample["solver"] == "dopri5"  # adaptive steps per batch
     manifest = {
         "checkpoint": str(model.path.resolve()),
         "step": model.step,
