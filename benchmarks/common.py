@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from layersync.train.distributed import pick_device
+
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
@@ -27,7 +29,7 @@ def device_name(device: str) -> str:
 
 
 def resolve_device(name: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    return pick_device(name).type
 
 
 def machine_info(device: str) -> dict:
@@ -82,13 +84,16 @@ def table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_report(suite: str, report: dict, markdown: str, out_dir: Path | None = None) -> Path:
-    """Write ``<suite>-<date>.json`` and ``.md`` under the results folder."""
-    out_dir = Path(out_dir or os.environ.get("LAYERSYNC_RESULTS", RESULTS))
+def publish(suite: str, device: str, rows: list[dict], markdown: str, **extra) -> tuple[dict, Path]:
+    """Print the suite's tables and write ``<suite>-<device>-<date>.json`` and ``.md``
+    (with the machine, versions and date) under the results folder."""
+    report = {"suite": suite, "machine": machine_info(device), "rows": rows, **extra}
+    out_dir = Path(os.environ.get("LAYERSYNC_RESULTS", RESULTS))
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = report["machine"]["date"].replace(":", "").replace("+0000", "Z")
     base = out_dir / f"{suite}-{report['machine']['device']}-{stamp}"
     base.with_suffix(".json").write_text(json.dumps(report, indent=2))
     header = "\n".join(f"- {k}: {v}" for k, v in report["machine"].items())
     base.with_suffix(".md").write_text(f"# {suite}\n\n{header}\n\n{markdown}\n")
-    return base.with_suffix(".md")
+    print(markdown)
+    return report, base.with_suffix(".md")

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from benchmarks.common import machine_info, table, write_report
+from benchmarks.common import publish, table
 from benchmarks.overhead import build_step
 from layersync import LayerSync
 from layersync_image.sit import build_sit
@@ -54,8 +54,7 @@ def main() -> int:
         rows.append({"precision": name, "max_loss_rel_diff": loss_rel, "max_param_abs_diff": param_abs,
                      "distinct_losses_of_3_replays": fresh, "verdict": "PASS" if passed else "FAIL"})
     markdown = table(rows, list(rows[0])) + f"\n\ntolerances (loss rel, param abs): {TOLERANCE}"
-    path = write_report("graph_check", {"suite": "graph_check", "machine": machine_info("cuda"), "rows": rows}, markdown)
-    print(markdown)
+    _, path = publish("graph_check", "cuda", rows, markdown)
     print(f"report: {path}")
     return 0 if ok else 1
 

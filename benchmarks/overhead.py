@@ -18,7 +18,7 @@ import copy
 
 import torch
 
-from benchmarks.common import machine_info, median, resolve_device, table, timed, write_report
+from benchmarks.common import median, publish, resolve_device, table, timed
 from layersync import FlowObjective, LayerSync
 from layersync.train.ema import EMA
 from layersync.train.modes import make_step, resolve_mode
@@ -84,9 +84,7 @@ def main(argv=None) -> dict:
            "off_ms": 1e3 * median(times["off"]), "on_ms": 1e3 * median(times["on"]), "ratio": ratio,
            "verdict": "PASS" if ratio <= TARGET else "FAIL"}
     markdown = table([row], list(row)) + f"\n\ntarget: on/off <= {TARGET}"
-    report = {"suite": "overhead", "machine": machine_info(device), "config": vars(args), "rows": [row]}
-    path = write_report("overhead", report, markdown)
-    print(markdown)
+    report, path = publish("overhead", device, [row], markdown, config=vars(args))
     print(f"overhead ratio (on/off): {ratio:.3f}  (target <= {TARGET})  {row['verdict']}   report: {path}")
     return report
 

@@ -19,7 +19,7 @@ import argparse
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import machine_info, median, resolve_device, table, timed, write_report
+from benchmarks.common import median, publish, resolve_device, table, timed
 from benchmarks.overhead import build_step, parse_shape
 from benchmarks.plain_sit import PlainSiT, PlainStep
 from layersync import FlowObjective, LayerSync
@@ -27,6 +27,13 @@ from layersync.train.step import TrainStep
 from layersync_image.sit import build_sit, parse_size
 
 PLAIN_TARGET = 1.05
+
+
+def parse_config(spec: str) -> tuple[str, int, tuple[int, ...], str]:
+    """'SIZE:BATCH[:CxHxW]' -> (size, batch, input shape, the default LayerSync pairs for that depth)."""
+    size, batch, *rest = spec.split(":")
+    depth = parse_size(size)[0]
+    return size, int(batch), parse_shape(rest[0]) if rest else (4, 32, 32), f"{depth // 3}:{2 * depth // 3}"
 
 
 def matmul_peak(device: str, dtype: torch.dtype) -> float:
@@ -103,13 +110,10 @@ def main(argv=None) -> dict:
     peak = matmul_peak(device, precision or torch.float32)
     rows = []
     for spec in configs:
-        size, batch, *rest = spec.split(":")
-        shape = parse_shape(rest[0]) if rest else (4, 32, 32)
-        depth = parse_size(size)[0]
-        pairs = f"{depth // 3}:{2 * depth // 3}"
+        size, batch, shape, pairs = parse_config(spec)
         for mode in modes:
             for ls in args.layersync:
-                b = int(batch)
+                b = batch
                 while True:
                     try:
                         seconds, memory = measure(size, b, shape, mode, pairs if ls == "on" else None,
@@ -129,7 +133,7 @@ def main(argv=None) -> dict:
     markdown = table(rows, list(rows[0]))
     markdown += f"\n\nmeasured matmul peak: {peak / 1e12:.1f} TFLOP/s ({'bf16' if cuda else 'fp32'})"
     for spec in configs:
-        size, batch, *_ = spec.split(":")
+        size = parse_config(spec)[0]
         by_mode = {(r["mode"], r["layersync"]): r["step_ms"] for r in rows if r["model"] == f"SiT-{size}"}
         if ("graph", "on") in by_mode and ("eager", "on") in by_mode:
             markdown += f"\nSiT-{size}: graph speed-up over eager (LayerSync on): {by_mode['eager', 'on'] / by_mode['graph', 'on']:.2f}x"
@@ -137,18 +141,13 @@ def main(argv=None) -> dict:
             markdown += (f"\nSiT-{size}: LayerSync on/off (eager, separately built models; the overhead suite "
                          f"pairs them on one model): {by_mode['eager', 'on'] / by_mode['eager', 'off']:.3f}")
     if not cuda:
-        size, batch, *rest = configs[0].split(":")
-        shape = parse_shape(rest[0]) if rest else (4, 32, 32)
-        depth = parse_size(size)[0]
-        plain = plain_vs_ours(size, int(batch), shape, f"{depth // 3}:{2 * depth // 3}", args.steps, args.repeats)
+        size, batch, shape, pairs = parse_config(configs[0])
+        plain = plain_vs_ours(size, batch, shape, pairs, args.steps, args.repeats)
         ratio = plain["ours"] / plain["plain"]
         verdict = "PASS" if ratio <= PLAIN_TARGET else "FAIL"
         markdown += (f"\nSiT-{size} CPU eager: ours {1e3 * plain['ours']:.1f} ms vs plain single file "
                      f"{1e3 * plain['plain']:.1f} ms, ratio {ratio:.3f} (target <= {PLAIN_TARGET}) {verdict}")
-    report = {"suite": "step_speed", "machine": machine_info(device), "config": vars(args), "rows": rows,
-              "matmul_peak_flops": peak}
-    path = write_report("step_speed", report, markdown)
-    print(markdown)
+    report, path = publish("step_speed", device, rows, markdown, config=vars(args), matmul_peak_flops=peak)
     print(f"report: {path}")
     return report
 

@@ -112,8 +112,13 @@ def set_key(config: dict, assignment: str) -> dict:
         value = parse_yaml(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
-    update: dict = value
-    for part in reversed(dotted.strip().split(".")):
+    return set_value(config, dotted.strip(), value)
+
+
+def set_value(config: dict, dotted: str, value) -> dict:
+    """Set ``section.key`` to an already-typed value, with the checks of ``merge``."""
+    update = value
+    for part in reversed(dotted.split(".")):
         update = {part: update}
     return merge(config, update)
 
@@ -133,6 +138,17 @@ def options(section: dict) -> tuple[str, dict]:
     """Split an open section into (factory name, options)."""
     rest = dict(section)
     return rest.pop("name"), rest
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def dump(config: dict) -> str:

@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from tqdm import tqdm
 
 from layersync.cli.common import Parser, entry_point
 from layersync.errors import ConfigError, DataError
+from layersync.files import atomic, write_json
 from layersync.train import distributed
 from layersync_image.data import ImageFolderDataset, ParquetImageDataset, build_images
 from layersync_image.vae import SD_SCALE, SDVAETokenizer, load_vae, vae_fingerprint
@@ -97,12 +97,6 @@ def read_meta(path: Path) -> dict:
     return meta
 
 
-def _write_atomically(path: Path, write) -> None:
-    temp = path.with_name(path.name + ".tmp")
-    write(temp)
-    os.replace(temp, path)
-
-
 # ---- writing ------------------------------------------------------------------------------------
 
 
@@ -146,7 +140,8 @@ def _encode_shards(dataset, tokenizer, meta, out: Path, env, batch: int, workers
         shard = rows[0] // meta["shard_size"]
         if rows[-1] == _shard_range(shard, meta)[-1]:  # the shard's last batch
             tensors = {"mean": torch.cat(means), "std": torch.cat(stds), "label": torch.cat(labels)}
-            _write_atomically(out / shard_name(shard), lambda p: save_file(tensors, str(p)))
+            with atomic(out / shard_name(shard)) as tmp:
+                save_file(tensors, str(tmp))
             means, stds, labels = [], [], []
         bar.update(n)
     bar.close()
@@ -190,7 +185,7 @@ def write_cache(data: str, out: str, vae: str | None = None, variant: str = "ema
                 "num_classes": dataset.num_classes,
                 "source": str(Path(data).resolve()),
             }
-            _write_atomically(out_dir / META, lambda p: p.write_text(json.dumps(meta, indent=1)))
+            write_json(out_dir / META, meta)
         distributed.barrier(env)
         meta = read_meta(out_dir)
         written = _encode_shards(dataset, tokenizer, meta, out_dir, env, batch, workers)

@@ -8,9 +8,7 @@ of images at the samples' resolution.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import zipfile
 from pathlib import Path
 
@@ -22,7 +20,9 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from layersync.cli.common import Parser, entry_point
 from layersync.errors import ConfigError, DataError
+from layersync.files import write_json
 from layersync.metrics import GaussianStats, frechet_distance
+from layersync.train.distributed import pick_device
 from layersync_image.inception import RESIZE_MODE, SPATIAL_CHANNELS, load_inception
 
 log = logging.getLogger("layersync")
@@ -308,13 +308,6 @@ def evaluate(samples, reference, evaluator: ImageEvaluator, batch: int) -> dict:
     return evaluator.compute()
 
 
-def write_json(result: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 @entry_point("layersync-eval")
 def main(argv=None):
     args = parser().parse_args(argv)
@@ -327,15 +320,14 @@ def main(argv=None):
         raise DataError(f"reference {reference.path} holds {reference.shape[2]}x{reference.shape[1]} images, the samples "
                         f"{samples.path} {samples.shape[2]}x{samples.shape[1]}: expected the same resolution")
     statistics = reference.statistics()
-    device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
-    evaluator = ImageEvaluator(weights=args.weights, batch=args.batch, device=device)
+    evaluator = ImageEvaluator(weights=args.weights, batch=args.batch, device=pick_device(args.device))
     evaluator.use_reference_statistics(**statistics)
     result = evaluate(samples, reference, evaluator, args.batch)
     result.update(samples=str(samples.path), ref=str(reference.path), weights=str(evaluator.network.weights_path))
     for key, value in result.items():
         print(f"{key}: {value:.6g}" if isinstance(value, float) else f"{key}: {value}")
     if args.out:
-        write_json(result, Path(args.out))
+        write_json(args.out, result)
     return 0
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.utils import save_image
+
+from layersync.files import atomic
 
 MIN_CELL = 64  # small images are enlarged (nearest) so the grid can be looked at
 
@@ -19,11 +20,9 @@ def save_grid(x: torch.Tensor, stem: Path) -> Path:
     if x.shape[-1] < MIN_CELL:
         x = F.interpolate(x, scale_factor=math.ceil(MIN_CELL / x.shape[-1]), mode="nearest")
     path = Path(stem).with_suffix(".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
     nrow = max(1, math.ceil(math.sqrt(x.shape[0])))
-    save_image(x.clamp(-1, 1), tmp, nrow=nrow, normalize=True, value_range=(-1, 1), padding=1)
-    os.replace(tmp, path)
+    with atomic(path) as tmp:
+        save_image(x.clamp(-1, 1), tmp, format="png", nrow=nrow, normalize=True, value_range=(-1, 1), padding=1)
     return path
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import urllib.request
 from pathlib import Path
 
 from layersync.cli.common import Parser, entry_point
 from layersync.errors import ConfigError
+from layersync.files import atomic
 from layersync.metrics.weights import MissingWeightsError, resolve_weights, weights_dir
 from layersync.plugins import registry
 
@@ -36,12 +36,10 @@ def fetch(reg, name: str) -> Path:
     except KeyError as exc:
         raise ConfigError(exc.args[0]) from None
     target = weights_dir() / weight.filename
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".part")
     print(f"fetching {weight.url} -> {target}")
-    urllib.request.urlretrieve(weight.url, tmp)
-    resolve_weights(weight, tmp)  # size and SHA-256 before it takes the real name
-    os.replace(tmp, target)
+    with atomic(target) as tmp:
+        urllib.request.urlretrieve(weight.url, tmp)
+        resolve_weights(weight, tmp)  # size and SHA-256 before it takes the real name
     return target
 
 

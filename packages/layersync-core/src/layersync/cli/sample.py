@@ -38,6 +38,7 @@ from layersync import build
 from layersync import config as configuration
 from layersync.cli.common import Parser, entry_point
 from layersync.errors import ConfigError, DataError
+from layersync.files import atomic, write_json
 from layersync.interfaces import Modality
 from layersync.plugins import registry
 from layersync.sampling import Sampler
@@ -149,8 +150,6 @@ def load_model(args, device: torch.device) -> Model:
     backbone = build.backbone(reg, config, state["input_shape"], state["num_classes"])
     backbone.load_state_dict(state["model" if args.raw else "ema"])
     tokenizer = build.tokenizer(reg, config)
-    if hasattr(tokenizer, "to"):  # a network tokenizer (VAE) runs where the model runs
-        tokenizer.to(device)
     fast_defaults(device)
     return Model(path, int(state["step"]), config, build.modality(reg, config), backbone.to(device).eval(), tokenizer,
                  build.sampler(config, build.objective(config)), tuple(state["input_shape"]),
@@ -181,11 +180,9 @@ def preview(model: Model, args, out: Path) -> None:
     pool = classes(args, model.num_classes)
     labels = pool[np.arange(n) % len(pool)]
     x = torch.cat([model.draw(s, labels[s:s + args.batch], args.seed) for s in range(0, n, args.batch)])
-    out.parent.mkdir(parents=True, exist_ok=True)
     picture = model.modality.save_samples(x, out)
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(tmp, samples=x.numpy(), cond=labels)
-    os.replace(tmp, out.with_suffix(".npz"))
+    with atomic(out.with_suffix(".npz")) as tmp, open(tmp, "wb") as f:
+        np.savez(f, samples=x.numpy(), cond=labels)
     log.info("%d samples from %s (step %d): %s, %s", n, model.path, model.step, picture, out.with_suffix(".npz"))
 
 
@@ -219,25 +216,12 @@ def check_manifest(folder: Path, manifest: dict) -> bool:
     except json.JSONDecodeError as exc:
         raise DataError(f"{path} is not valid JSON ({exc})") from None
     if there != manifest:
-        flat_here, flat_there = flatten(manifest), flatten(there)
+        flat_here, flat_there = configuration.flatten(manifest), configuration.flatten(there)
         diff = [f"{k}: {flat_here.get(k)!r} here vs {flat_there.get(k)!r} there"
                 for k in sorted(set(flat_here) | set(flat_there)) if flat_here.get(k) != flat_there.get(k)]
         raise ConfigError(f"{folder} holds samples of another run ({'; '.join(diff)}); "
                           "use another --out or delete that folder")
     return True
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        out.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return out
-
-
-def write_atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def list_parts(folder: Path) -> list[tuple[int, int, Path]]:
@@ -265,10 +249,8 @@ def batches(n: int, done: list[tuple[int, int, Path]], size: int) -> list[tuple[
 
 def write_part(folder: Path, start: int, end: int, arrays: dict) -> Path:
     path = folder / f"part_{start:08d}_{end:08d}.npz"
-    tmp = folder / f".{path.name}.tmp"
-    with open(tmp, "wb") as f:
+    with atomic(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
-    os.replace(tmp, path)
     return path
 
 
@@ -287,7 +269,7 @@ def sample_set(model: Model, args, out: Path, env: distributed.Dist) -> None:
     if env.main:
         parts_dir.mkdir(parents=True, exist_ok=True)
         if not resuming:
-            write_atomic_json(out / "manifest.json", manifest)
+            write_json(out / "manifest.json", manifest)
     distributed.barrier(env)
 
     done = list_parts(parts_dir)
@@ -329,8 +311,7 @@ def assemble(parts_dir: Path, final: Path, labels: np.ndarray, model: Model) -> 
     parts = list_parts(parts_dir)
     check_coverage(parts, len(labels), parts_dir)
     shown = []
-    tmp = final.with_name(final.name + ".tmp")
-    try:
+    with atomic(final) as tmp:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
             with zf.open("arr_0.npy", "w", force_zip64=True) as f:
                 for k, (start, end, path) in enumerate(parts):
@@ -350,14 +331,10 @@ def assemble(parts_dir: Path, final: Path, labels: np.ndarray, model: Model) -> 
             if model.num_classes:  # ADM writes labels for class-conditional models only
                 with zf.open("arr_1.npy", "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, labels)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    picture = model.modality.save_samples(torch.cat(shown), final.with_suffix(""))
-    os.replace(tmp, final)
+        picture = model.modality.save_samples(torch.cat(shown), final.with_suffix(""))
     for _, _, path in parts:
         path.unlink()
-    for leftover in parts_dir.glob(".part_*.tmp"):  # from batches a stopped run had begun
+    for leftover in parts_dir.glob("part_*.npz.tmp"):  # from batches a killed run had begun
         leftover.unlink()
     parts_dir.rmdir()
     log.info("%d samples from %s (step %d): %s, %s", len(labels), model.path, model.step, final, picture)

@@ -190,10 +190,7 @@ def resolve(args, reg) -> dict:
     given = flag_settings(args)
     config = configuration.load(modality.recipe, args.config, [f"modality={args.plugin}", *args.assignments])
     for _, key, value in given:
-        update = value
-        for part in reversed(key.split(".")):
-            update = {part: update}
-        config = configuration.merge(config, update)
+        config = configuration.set_value(config, key, value)
     return config
 
 

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import torch
+
+from layersync.files import atomic
 
 PATTERN = re.compile(r"step_(\d+)\.pt$")
 
 
 def save(state: dict, directory: Path, step: int, keep: int = 0) -> Path:
     """Write ``step_NNNNNNN.pt`` through a temporary name, then rename."""
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step_{step:07d}.pt"
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic(path) as tmp:
+        torch.save(state, tmp)
     if keep > 0:
         for old in list_checkpoints(directory)[:-keep]:
             old.unlink()

@@ -13,7 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from layersync import build
-from layersync.config import dump, read_yaml
+from layersync.config import dump, flatten, read_yaml
 from layersync.errors import ConfigError
 from layersync.plugins import Registry, registry as default_registry
 from layersync.train import checkpoint, distributed
@@ -49,16 +49,6 @@ def fast_defaults(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def flatten(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def check_resumable(saved: dict, config: dict, out_dir: Path) -> None:
     old, new = flatten(saved), flatten(config)
     for key in sorted(set(old) | set(new)):
@@ -83,8 +73,6 @@ class Trainer:
         self.modality = build.modality(self.registry, config)
         self.dataset = build.dataset(self.registry, config)
         self.tokenizer = build.tokenizer(self.registry, config)
-        if hasattr(self.tokenizer, "to"):  # a network tokenizer (VAE) runs where the model runs
-            self.tokenizer.to(self.env.device)
         # A dataset of cached latents is already in model space and says so with `encoded = True`.
         self.encoded = bool(getattr(self.dataset, "encoded", False))
         shape = tuple(self.dataset.sample_shape)
