@@ -49,3 +49,15 @@ def test_label_dropout_uses_null_class():
     model = build_sit((1, 8, 8), 10, "T/2")
     y = torch.tensor([3, 4, 5])
     assert model.drop_cond(y, torch.tensor([True, False, True])).tolist() == [10, 4, 10]
+
+
+def test_qk_norm_normalises_queries_and_keys():
+    """qk_norm (REPA's SiT option): a LayerNorm over each head's queries and keys, under
+    REPA's state-dict names, in a model that trains."""
+    model = build_sit((4, 8, 8), 10, "T/2", qk_norm=True)
+    attn = model.blocks[0].attn
+    assert isinstance(attn.q_norm, torch.nn.LayerNorm) and attn.q_norm.normalized_shape == (128 // 4,)
+    assert {"blocks.0.attn.q_norm.weight", "blocks.0.attn.k_norm.bias"} <= set(model.state_dict())
+    out, hidden = model(torch.randn(2, 4, 8, 8), torch.rand(2), torch.tensor([1, 2]), capture=(2,))
+    (out.square().mean() + hidden[2].mean()).backward()
+    assert attn.q_norm.weight.grad is not None

@@ -60,3 +60,8 @@ def test_bad_config_file(tmp_path, capsys):
 def test_graph_mode_without_cuda(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     assert "needs a CUDA device" in run_error(tiny_args(tmp_path, 1, "--step-mode", "graph"), capsys)
+
+
+def test_bad_lr_schedule(tmp_path, capsys):
+    assert "train.lr_schedule" in run_error(tiny_args(tmp_path, 1, "--set", "train.lr_schedule=linear"), capsys)
+    assert "train.warmup_steps" in run_error(tiny_args(tmp_path, 1, "--set", "train.warmup_steps=-3"), capsys)

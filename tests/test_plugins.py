@@ -6,6 +6,7 @@ import textwrap
 
 import pytest
 
+from layersync.cli import train
 from layersync.plugins import Registry
 
 PLUGIN = """
@@ -74,3 +75,35 @@ def test_duplicate_names_are_refused(tmp_path, monkeypatch):
     clash = {p.name: p for p in reg.plugins}["zclash"]
     assert "already provided by plugin 'image'" in clash.error
     assert reg.get("backbones", "sit") is not object
+
+
+def test_image_plugin_loads_without_the_evaluator_dependency():
+    """torch-fidelity is needed to evaluate, not to train: without it the plugin still loads
+    (as on a machine that has only torch), and the evaluator says what to install."""
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["torch_fidelity"] = None  # importing it now raises ImportError
+        from layersync.plugins import Registry
+        reg = Registry()
+        print({p.name: p.error for p in reg.plugins}["image"])
+        from layersync_image.inception import FIDInception
+        try:
+            FIDInception("weights.pth")
+        except ModuleNotFoundError as exc:
+            print(exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    error, message = out.stdout.splitlines()
+    assert error == "None"
+    assert "pip install torch-fidelity" in message
+
+
+def test_every_cli_says_why_a_plugin_failed(fake_dists, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("layersync.plugins._registry", None)  # discover the fake distributions
+    with pytest.raises(SystemExit) as info:
+        train.main(["--plugin", "broken", "--out", str(tmp_path / "run")])
+    assert info.value.code == 2
+    assert "plugin 'broken' failed to load: ImportError: needs libfoo" in capsys.readouterr().err
+    with pytest.raises(KeyError, match="unknown backbone 'mynet' .*plugin 'broken' failed to load: ImportError"):
+        Registry().get("backbones", "mynet")

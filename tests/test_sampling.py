@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from layersync import FlowObjective, Sampler, SamplerConfig
-from layersync.sampling import ode_solve
+from layersync.sampling import ode_solve, sde_solve
 
 MU, S = 2.0, 0.5  # target N(MU, S^2)
 
@@ -90,3 +90,23 @@ def test_cfg_mixes_conditional_and_null_outputs_inside_interval_only():
 def test_unknown_solver_is_an_error():
     with pytest.raises(ValueError, match="solver"):
         ode_solve(lambda x, t: x, torch.zeros(1), 0.0, 1.0, "rk45")
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_sde_noise_comes_from_the_generators_device(monkeypatch, per_sample):
+    """On CUDA, torch.randn refuses a generator of another device; a preview with a CPU
+    generator then crashed at the first SDE step. Noise is drawn on each generator's own
+    device and moved to the sample's ("meta" stands in for the GPU here)."""
+    real = torch.randn
+
+    def strict(*shape, generator=None, device=None, **kwargs):
+        if generator is not None and torch.device(device or "cpu").type != generator.device.type:
+            raise RuntimeError(f"Expected a '{device}' device type for generator but found '{generator.device.type}'")
+        return real(*shape, generator=generator, device=device, **kwargs)
+
+    monkeypatch.setattr(torch, "randn", strict)
+    x = torch.empty(3, 2, device="meta")
+    generator = [torch.Generator() for _ in range(3)] if per_sample else torch.Generator()
+    out = sde_solve(lambda x, t: (torch.zeros_like(x), torch.zeros_like(x)), lambda x, t: torch.ones_like(x),
+                    x, 0.0, 0.96, steps=3, generator=generator)
+    assert out.device.type == "meta" and out.shape == (3, 2)

@@ -9,12 +9,16 @@ from layersync import FlowObjective, LayerSync
 from layersync.errors import ConfigError
 from layersync.train.ema import EMA
 from layersync.train.modes import CapturedStep, make_step, resolve_mode
+from layersync.train.optim import LRSchedule, build_optimizer, set_lr
 from layersync.train.step import TrainStep
 from layersync_image.sit import build_sit
 
 # Adam eps 1e-6: the key bias has an exactly-zero true gradient, and with a tiny eps Adam
 # would blow its rounding noise up to steps of size lr in both computations.
 LR, WD, BETAS, EPS, DECAY, WEIGHT, DROP = 1e-3, 0.05, (0.9, 0.99), 1e-6, 0.9, 0.3, 0.25
+OPTIM = {"lr": LR, "betas": BETAS, "eps": EPS, "weight_decay": WD}
+CONSTANT = LRSchedule(LR)
+WARMUP_COSINE = LRSchedule(LR, "cosine", warmup_steps=2, total_steps=5)
 
 
 def make_model(device="cpu"):
@@ -31,7 +35,7 @@ def batches(n, device="cpu"):
             for _ in range(n)]
 
 
-def reference(model, data, clip):
+def reference(model, data, clip, schedule=CONSTANT):
     """Forward, loss, backward, AdamW and EMA written out the plain way."""
     g = torch.Generator().manual_seed(7)
     params = dict(model.named_parameters())
@@ -55,25 +59,28 @@ def reference(model, data, clip):
             if clip:
                 norm = torch.sqrt(sum((gr**2).sum() for gr in grads.values()))
                 grads = {k: gr * min(1.0, clip / (norm.item() + 1e-6)) for k, gr in grads.items()}
+            lr = schedule(step - 1)
             for k, p in params.items():
-                p.mul_(1 - LR * WD)
+                p.mul_(1 - lr * WD)
                 m[k] = BETAS[0] * m[k] + (1 - BETAS[0]) * grads[k]
                 v[k] = BETAS[1] * v[k] + (1 - BETAS[1]) * grads[k] ** 2
                 mhat, vhat = m[k] / (1 - BETAS[0] ** step), v[k] / (1 - BETAS[1] ** step)
-                p.sub_(LR * mhat / (vhat.sqrt() + EPS))
+                p.sub_(lr * mhat / (vhat.sqrt() + EPS))
                 ema[k] = DECAY * ema[k] + (1 - DECAY) * p
         losses.append((flow + sync).item())
     return losses, {k: p.detach() for k, p in params.items()}, ema
 
 
-def ours(model, data, clip, mode="eager", device="cpu"):
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WD,
-                            capturable=mode == "graph", fused=device == "cuda")
+def ours(model, data, clip, mode="eager", device="cpu", schedule=CONSTANT):
+    opt = build_optimizer(model.parameters(), OPTIM, device, capturable=mode == "graph")
     ema = EMA(model, DECAY)
     step = TrainStep(model, FlowObjective(), LayerSync([(2, 4)], WEIGHT), opt, ema, grad_clip=clip,
                      cfg_dropout=DROP, generator=torch.Generator(device).manual_seed(7))
     run = make_step(step, mode)
-    losses = [run(x, y)["loss"].item() for x, y in data]
+    losses = []
+    for i, (x, y) in enumerate(data):
+        set_lr(opt, schedule(i))
+        losses.append(run(x, y)["loss"].item())
     return losses, dict(model.named_parameters()), dict(ema.model.named_parameters())
 
 
@@ -89,10 +96,23 @@ def test_eager_step_equals_plain_reference(clip):
         assert torch.allclose(our_ema[name], ref_ema[name], atol=1e-6), name
 
 
+def test_schedule_drives_the_tensor_lr():
+    """Warm-up then cosine, written into the optimizer's lr tensor before each step."""
+    data = batches(5)
+    ref_losses, ref_params, _ = reference(make_model(), data, 0.0, WARMUP_COSINE)
+    our_losses, our_params, _ = ours(make_model(), data, 0.0, schedule=WARMUP_COSINE)
+    assert our_losses == pytest.approx(ref_losses, rel=1e-4)
+    for name in ref_params:
+        assert torch.allclose(our_params[name], ref_params[name], atol=1e-5), name
+    _, constant_params, _ = ours(make_model(), data, 0.0)  # the schedule did change the run
+    assert any(not torch.allclose(constant_params[n], ref_params[n], atol=1e-5) for n in ref_params)
+
+
 def test_compiled_step_matches_eager():
-    data = batches(2)
-    eager_losses, eager_params, _ = ours(make_model(), data, 0.0)
-    compiled_losses, compiled_params, _ = ours(make_model(), data, 0.0, mode="compile")
+    """With the schedule, which the compiled step must follow as the eager one does."""
+    data = batches(3)
+    eager_losses, eager_params, _ = ours(make_model(), data, 0.0, schedule=WARMUP_COSINE)
+    compiled_losses, compiled_params, _ = ours(make_model(), data, 0.0, mode="compile", schedule=WARMUP_COSINE)
     assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
     for name in eager_params:
         assert torch.allclose(compiled_params[name], eager_params[name], atol=1e-5), name
@@ -101,6 +121,8 @@ def test_compiled_step_matches_eager():
 def test_mode_resolution():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_mode("auto", cpu) == "eager" and resolve_mode("auto", cuda) == "graph"
+    assert resolve_mode("auto", cuda, world=8) == "compile"  # graph under DDP: only when asked
+    assert resolve_mode("graph", cuda, world=8) == "graph"
     with pytest.raises(ConfigError, match="needs a CUDA device"):
         resolve_mode("graph", cpu)
     with pytest.raises(ConfigError, match="step_mode"):
@@ -109,9 +131,11 @@ def test_mode_resolution():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (benchmarks/gpu_check.sh runs this)")
 def test_graph_replay_matches_eager_on_cuda():
+    """With a schedule: an lr baked into the graph at capture would make the runs differ."""
     data = batches(8, "cuda")
-    eager_losses, eager_params, _ = ours(make_model("cuda"), data, 0.5, device="cuda")
-    graph_losses, graph_params, _ = ours(make_model("cuda"), data, 0.5, mode="graph", device="cuda")
+    schedule = LRSchedule(LR, "cosine", warmup_steps=4, total_steps=8)
+    eager_losses, eager_params, _ = ours(make_model("cuda"), data, 0.5, device="cuda", schedule=schedule)
+    graph_losses, graph_params, _ = ours(make_model("cuda"), data, 0.5, mode="graph", device="cuda", schedule=schedule)
     assert graph_losses == pytest.approx(eager_losses, rel=1e-4)
     for name in eager_params:
         assert torch.allclose(graph_params[name], eager_params[name], atol=1e-4), name
@@ -120,7 +144,7 @@ def test_graph_replay_matches_eager_on_cuda():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (benchmarks/gpu_check.sh runs this)")
 def test_graph_replays_draw_fresh_noise():
     model = make_model("cuda")
-    opt = torch.optim.AdamW(model.parameters(), lr=0.0, capturable=True)
+    opt = build_optimizer(model.parameters(), {**OPTIM, "lr": 0.0}, "cuda", capturable=True)
     step = TrainStep(model, FlowObjective(), None, opt, generator=torch.Generator("cuda").manual_seed(0))
     captured = CapturedStep(step, warmup=1)
     x, y = batches(1, "cuda")[0]

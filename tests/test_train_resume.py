@@ -1,10 +1,12 @@
 """Training end to end through the CLI: outputs, exact resume, config checks."""
 
+import pytest
 import torch
 
 from helpers import read_metrics, tiny_args
 from layersync.cli import sample, train
 from layersync.train import checkpoint
+from layersync.train.optim import build_optimizer, load_optimizer_state
 
 KEYS = ("loss", "flow_loss", "layersync_loss")
 
@@ -59,3 +61,58 @@ def test_resume_with_other_settings_is_refused(tmp_path, capsys):
     except SystemExit as exc:
         assert exc.code == 2
     assert "optim.lr" in capsys.readouterr().err
+
+
+def test_resumed_optimizer_keeps_the_flags_of_this_run(tmp_path):
+    """An eager checkpoint resumed by a graph-mode run: the optimizer stays capturable, its
+    step counts move where capturable wants them, and the lr stays this run's tensor."""
+    train.main(tiny_args(tmp_path / "run", 2))
+    saved = checkpoint.load(checkpoint.latest(tmp_path / "run" / "checkpoints"))["optimizer"]
+    assert saved["param_groups"][0]["capturable"] is False
+    shaped = [torch.nn.Parameter(torch.zeros_like(saved["state"][i]["exp_avg"])) for i in range(len(saved["state"]))]
+    opt = build_optimizer(shaped, {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0},
+                          "cpu", capturable=True)
+    lr = opt.param_groups[0]["lr"]
+    load_optimizer_state(opt, saved)
+    group = opt.param_groups[0]
+    assert group["capturable"] is True and group["fused"] is False
+    assert group["lr"] is lr and float(lr) == float(saved["param_groups"][0]["lr"])
+    steps = [opt.state[p]["step"] for p in shaped]
+    assert all(s.dtype == torch.float32 and float(s) == 2.0 for s in steps)
+
+
+def test_generator_of_another_device_is_reseeded(tmp_path, caplog):
+    """A run saved on CUDA resumed on the CPU: the step generator's state does not fit, so it
+    is reseeded from (seed, step), said in the log, and training goes on."""
+    train.main(tiny_args(tmp_path / "run", 2))
+    path = checkpoint.latest(tmp_path / "run" / "checkpoints")
+    state = checkpoint.load(path)
+    state.update(step_generator=torch.zeros(16, dtype=torch.uint8), step_generator_device="cuda")
+    torch.save(state, path)
+    with caplog.at_level("INFO", logger="layersync"):
+        train.main(tiny_args(tmp_path / "run", 4))
+    assert "saved on cuda" in caplog.text and "reseeded" in caplog.text
+    assert [m["step"] for m in read_metrics(tmp_path / "run")] == [1, 2, 3, 4]
+
+
+def test_preview_grid_is_what_the_sample_cli_draws(tmp_path):
+    """Training previews use per-sample CPU generators (any device, ODE or SDE), the same
+    samples `layersync-sample --seed <run seed>` draws from the checkpoint's EMA weights."""
+    out = tmp_path / "run"
+    sde = ["--set", "sample.method=sde", "--set", "sample.solver=euler", "--set", "train.sample_every=2"]
+    train.main(tiny_args(out, 2, "--seed", "5", *sde))
+    sample.main(["--ckpt", str(out), "--out", str(tmp_path / "again"), "--num", "4", "--seed", "5"])
+    import numpy as np
+    from PIL import Image
+
+    again = np.load(tmp_path / "again.npz")["samples"]
+    assert again.shape == (4, 1, 8, 8)
+    grid = np.asarray(Image.open(out / "samples" / "step_0000002.png"))
+    assert np.array_equal(grid, np.asarray(Image.open(tmp_path / "again.png")))
+
+
+def test_warmup_and_cosine_drive_the_run(tmp_path):
+    schedule = ["--set", "train.lr_schedule=cosine", "--set", "train.warmup_steps=2", "--set", "optim.lr=0.01"]
+    train.main(tiny_args(tmp_path / "run", 4, *schedule))
+    lrs = [m["lr"] for m in read_metrics(tmp_path / "run")]
+    assert lrs == pytest.approx([0.005, 0.01, 0.01, 0.005])  # linear warm-up, then cosine from step 3

@@ -27,6 +27,8 @@ DEFAULTS: dict = {
     "train": {
         "steps": 400_000,
         "batch_size": 256,
+        "lr_schedule": "constant",
+        "warmup_steps": 0,
         "ema_decay": 0.9999,
         "precision": "auto",
         "step_mode": "auto",
@@ -45,6 +47,7 @@ DEFAULTS: dict = {
         "rtol": 1.0e-3,
         "cfg_scale": 1.0,
         "guidance_interval": [0.0, 1.0],
+        "cfg_channels": None,
         "diffusion_form": "sigma",
         "diffusion_norm": 1.0,
         "last_step": "mean",

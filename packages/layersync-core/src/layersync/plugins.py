@@ -69,13 +69,23 @@ class Registry:
     def names(self, category: str) -> list[str]:
         return sorted(self._tables[category])
 
+    def failures(self) -> dict[str, str]:
+        """``{plugin: error}`` of the plugins that failed to load."""
+        return {p.name: p.error for p in self.plugins if p.error}
+
     def get(self, category: str, name: str):
-        """Return the registered value or raise ``KeyError`` listing the known names."""
+        """Return the registered value or raise ``KeyError`` saying why it is not there:
+        the plugin of that name failed to load (and how), or the known names."""
         try:
             return self._tables[category][name][1]
         except KeyError:
-            known = ", ".join(self.names(category)) or "none"
-            raise KeyError(f"unknown {category[:-1]} '{name}' (known: {known})") from None
+            failed = self.failures()
+            if name in failed:
+                raise KeyError(f"plugin '{name}' failed to load: {failed[name]}") from None
+            what = "plugin" if category == "modalities" else category[:-1]
+            known = ", ".join(self.names(category)) or "none installed"
+            broken = "".join(f"; plugin '{n}' failed to load: {e}" for n, e in failed.items())
+            raise KeyError(f"unknown {what} '{name}' (known: {known}){broken}") from None
 
 
 _registry: Registry | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torchdiffeq import odeint
 
@@ -55,12 +56,16 @@ def diffusion_coefficient(objective: FlowObjective, x, t, form="sigma", norm=1.0
 
 
 def gaussian(like: torch.Tensor, generator=None) -> torch.Tensor:
-    """Standard normal noise shaped like ``like``. ``generator`` may be one generator, or a
-    list of CPU generators, one per row, so that row i depends on its own generator only."""
+    """Standard normal noise shaped like ``like``, on its device. ``generator`` may be one
+    generator, or a list of generators, one per row, so that row i depends on its own
+    generator only. Noise is drawn on each generator's own device, then moved: a CPU
+    generator drives sampling on a GPU."""
+    if generator is None:
+        return torch.randn(like.shape, device=like.device, dtype=like.dtype)
     if isinstance(generator, (list, tuple)):
-        rows = [torch.randn(like.shape[1:], generator=g, dtype=like.dtype) for g in generator]
+        rows = [torch.randn(like.shape[1:], generator=g, device=g.device, dtype=like.dtype) for g in generator]
         return torch.stack(rows).to(like.device)
-    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    return torch.randn(like.shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
 
 
 def sde_solve(
@@ -130,11 +135,17 @@ class SamplerConfig:
     rtol: float = 1e-3
     cfg_scale: float = 1.0
     guidance_interval: tuple[float, float] = (0.0, 1.0)
+    cfg_channels: int | None = None  # guide the first N channels only (SiT/DiT: 3); None: all
     diffusion_form: str = "sigma"
     diffusion_norm: float = 1.0
     last_step: str = "mean"
     last_step_size: float = 0.04
     num: int = 64
+
+    def __post_init__(self):
+        k = self.cfg_channels
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"cfg_channels must be a positive integer or null (all channels), got {k!r}")
 
 
 class Sampler:
@@ -151,15 +162,19 @@ class Sampler:
             raise ValueError(f"unknown sampling method '{config.method}' (expected ode or sde)")
 
     def predict(self, model, x, t, cond):
+        """The model output, guided on the first ``cfg_channels`` channels; the rest stay conditional."""
         cfg = self.config
         lo, hi = cfg.guidance_interval
-        guided = cfg.cfg_scale != 1.0 and lo <= float(t[0]) <= hi
+        now = min(max(float(t[0]), 0.0), 1.0)  # dopri5 probes past t = 1, then interpolates back
+        guided = cfg.cfg_scale != 1.0 and lo <= now <= hi
         if not guided:
             return model(x, t, cond)[0]
         null = model.drop_cond(cond, torch.ones(x.shape[0], dtype=torch.bool, device=x.device))
         out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null]))[0]
         c, u = out.chunk(2)
-        return u + cfg.cfg_scale * (c - u)
+        mixed = u + cfg.cfg_scale * (c - u)
+        k = cfg.cfg_channels
+        return mixed if k is None else torch.cat([mixed[:, :k], c[:, k:]], dim=1)
 
     @torch.no_grad()
     def __call__(self, model, noise, cond, generator=None):
@@ -192,3 +207,23 @@ class Sampler:
         return sde_solve(
             fields, diffusion, noise, t0, t1, cfg.steps, cfg.solver, cfg.last_step, cfg.last_step_size, generator, tweedie
         )
+
+
+def derive_seed(*entropy: int) -> int:
+    """A 64-bit seed from a few integers (independent streams per sample)."""
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+
+
+@torch.no_grad()
+def seeded_samples(sampler: Sampler, model, shape, cond: torch.Tensor, seed: int, start: int = 0) -> torch.Tensor:
+    """Samples ``start .. start + len(cond) - 1`` of the set ``seed``, in model space.
+
+    Sample i starts from noise drawn from its own CPU generator seeded by (seed, i), and
+    an SDE draws its noise along the way from another, (seed, i, 1): a sample does not
+    depend on the batch it is drawn in, on the number of ranks or on the device.
+    """
+    indices = range(start, start + len(cond))
+    noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(derive_seed(seed, i)))
+                         for i in indices]).to(cond.device)
+    along = [torch.Generator().manual_seed(derive_seed(seed, i, 1)) for i in indices]
+    return sampler(model, noise, cond, generator=along)

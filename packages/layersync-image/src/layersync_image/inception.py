@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
 from layersync.metrics import WeightFile, resolve_weights
 
@@ -54,6 +53,10 @@ class FIDInception(nn.Module):
 
     def __init__(self, weights_path: str | Path):
         super().__init__()
+        try:  # an evaluator-only dependency: the plugin loads without it
+            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+        except ImportError as exc:
+            raise ModuleNotFoundError(f"FID needs torch-fidelity ({exc}): pip install torch-fidelity") from None
         self.weights_path = Path(weights_path)
         with _weights_only_loads():
             self.net = FeatureExtractorInceptionV3(

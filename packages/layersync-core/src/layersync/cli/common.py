@@ -49,3 +49,23 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=str, help="a YAML file merged over the modality's recipe")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="assignments",
                         help="override any config key, e.g. --set train.batch_size=128 (repeatable)")
+
+
+def choice(**table):
+    """An argparse type mapping a (case-insensitive) name onto our value."""
+
+    def convert(value: str):
+        try:
+            return table[value.lower()]
+        except KeyError:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(table)}, got '{value}'") from None
+
+    return convert
+
+
+def sit_size(value: str) -> str:
+    """SiT-XL/2 -> XL/2 (the backbone checks the name and patch)."""
+    size = value.removeprefix("SiT-")
+    if size == value or "/" not in size:
+        raise argparse.ArgumentTypeError(f"expected SiT-NAME/PATCH such as SiT-XL/2, got '{value}'")
+    return size

@@ -36,12 +36,12 @@ from tqdm import tqdm
 
 from layersync import build
 from layersync import config as configuration
-from layersync.cli.common import Parser, entry_point
+from layersync.cli.common import Parser, choice, entry_point, sit_size
 from layersync.errors import ConfigError, DataError
 from layersync.files import atomic, write_json
 from layersync.interfaces import Modality
 from layersync.plugins import registry
-from layersync.sampling import Sampler
+from layersync.sampling import DIFFUSION_FORMS, LAST_STEPS, Sampler, seeded_samples
 from layersync.train import checkpoint, distributed
 from layersync.train.trainer import fast_defaults
 
@@ -65,22 +65,64 @@ def seed(text: str) -> int:
     return value
 
 
+def grid_points(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected at least 2 time grid points, got {text}")
+    return value
+
+
+# Flags of the reference's sample.py and sample_ddp.py (vita-epfl/LayerSync, as in SiT) -> the
+# sample.* key each one sets. --num-sampling-steps, the mode argument and the flags that name one of
+# ours are set up in parser().
+REFERENCE_FLAGS = {
+    "--sampling-method": ("solver", choice(euler="euler", heun="heun", heun2="heun", dopri5="dopri5")),
+    "--atol": ("atol", float),
+    "--rtol": ("rtol", float),
+    "--diffusion-form": ("diffusion_form", choice(**{form: form for form in DIFFUSION_FORMS})),
+    "--diffusion-norm": ("diffusion_norm", float),
+    "--last-step": ("last_step", choice(**{step: step for step in LAST_STEPS})),
+    "--last-step-size": ("last_step_size", float),
+}
+
+# The reference's mode argument brings its defaults for that mode (250 grid points, guidance on the
+# first 3 latent channels); --set and the flags override them.
+REFERENCE_MODES = {
+    "ode": {"method": "ode", "solver": "dopri5", "steps": 249, "atol": 1e-6, "rtol": 1e-3, "cfg_channels": 3},
+    "sde": {"method": "sde", "solver": "euler", "steps": 250, "diffusion_form": "sigma", "diffusion_norm": 1.0,
+            "last_step": "mean", "last_step_size": 0.04, "cfg_channels": 3},
+}
+
+
 def parser() -> Parser:
     p = Parser(prog="layersync-sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="a checkpoint file, or a run folder (its latest checkpoint)")
     p.add_argument("--out", required=True, help="preview: a stem (writes OUT.png, OUT.npz); sample set: a folder")
-    p.add_argument("-n", "--num", type=count,
-                   help="number of samples (sets sample.num); under torchrun write -n: torchrun reads --num as its own")
-    p.add_argument("--batch", type=count, default=64, help="samples per batch and per part file (default 64)")
-    p.add_argument("--seed", type=seed, default=0)
+    # each of these holds one of our flags and the reference's flag for the same setting: give one
+    num, batch, seeds, mode, steps = (p.add_mutually_exclusive_group() for _ in range(5))
+    num.add_argument("-n", "--num", type=count, help="number of samples (sets sample.num); "
+                     "under torchrun write -n: torchrun reads --num as its own")
+    batch.add_argument("--batch", type=count, default=64, help="samples per batch and per part file (default 64)")
+    seeds.add_argument("--seed", type=seed, default=0)
     p.add_argument("--cond", type=int, nargs="*", help="class labels to use (default: all classes)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--mode", choices=("ode", "sde"), help="sets sample.method")
-    p.add_argument("--steps", type=count, help="sets sample.steps")
+    mode.add_argument("--mode", choices=("ode", "sde"), help="sets sample.method")
+    steps.add_argument("--steps", type=count, help="sets sample.steps")
     p.add_argument("--cfg-scale", type=float, help="sets sample.cfg_scale")
     p.add_argument("--device", default="auto")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="assignments",
                    help="override a sample.* key, e.g. --set sample.guidance_interval=[0,0.7]")
+    num.add_argument("--num-fid-samples", type=count, dest="num", metavar="N", help="the reference's --num")
+    batch.add_argument("--per-proc-batch-size", type=count, dest="batch", metavar="N", help="the reference's --batch")
+    seeds.add_argument("--global-seed", type=seed, dest="seed", metavar="S", help="the reference's --seed")
+    mode.add_argument("reference_mode", nargs="?", type=choice(ode="ode", sde="sde"), metavar="ODE|SDE",
+                      help="the reference's mode argument: sets sample.method and the reference's defaults for it")
+    steps.add_argument("--num-sampling-steps", type=grid_points, metavar="N",
+                       help="N time grid points, as in the reference: sample.steps = N - 1 for an ODE, N for an SDE")
+    ref = p.add_argument_group("flags of the reference's sample.py and sample_ddp.py (vita-epfl/LayerSync, SiT)")
+    for flag, (key, kind) in REFERENCE_FLAGS.items():
+        ref.add_argument(flag, type=kind, metavar="V", help=f"sets sample.{key}")
+    ref.add_argument("--model", type=sit_size, metavar="SiT-NAME/PATCH", help="checked against the checkpoint's model")
     return p
 
 
@@ -96,12 +138,22 @@ def find_checkpoint(path: Path) -> Path:
 
 
 def sample_config(config: dict, args) -> dict:
+    """The checkpoint's config with the reference mode's defaults, then --set, then the flags."""
+    size = config["model"].get("size")
+    if args.model is not None and args.model != size:
+        raise ConfigError(f"--model SiT-{args.model} does not match the checkpoint's model (size {size})")
+    if args.reference_mode is not None:
+        config["sample"].update(REFERENCE_MODES[args.reference_mode])
     for assignment in args.assignments:
         if not assignment.startswith("sample."):
             raise ConfigError(f"--set may only change sample.* keys here, got '{assignment}'")
         config = configuration.set_key(config, assignment)
     flags = {"num": args.num, "method": args.mode, "steps": args.steps, "cfg_scale": args.cfg_scale}
-    config["sample"].update({key: value for key, value in flags.items() if value is not None})
+    flags.update({key: getattr(args, flag[2:].replace("-", "_")) for flag, (key, _) in REFERENCE_FLAGS.items()})
+    sample = config["sample"]
+    sample.update({key: value for key, value in flags.items() if value is not None})
+    if args.num_sampling_steps is not None:  # N grid points: N - 1 ODE steps; our SDE counts grid points too
+        sample["steps"] = args.num_sampling_steps - 1 if sample["method"] == "ode" else args.num_sampling_steps
     return config
 
 
@@ -123,20 +175,9 @@ class Model:
     @torch.no_grad()
     def draw(self, start: int, labels: np.ndarray, seed: int) -> torch.Tensor:
         """Samples start .. start+len(labels)-1, decoded, as float on the CPU."""
-        noise = torch.stack([
-            torch.randn(self.shape, generator=torch.Generator().manual_seed(derive(seed, i)))
-            for i in range(start, start + len(labels))
-        ]).to(self.device)
         cond = torch.as_tensor(labels, dtype=torch.long, device=self.device)
-        # the SDE's noise along the way: one generator per sample, so batches do not matter
-        g = [torch.Generator().manual_seed(derive(seed, i, 1)) for i in range(start, start + len(labels))]
-        z = self.sampler(self.backbone, noise, cond, generator=g)
+        z = seeded_samples(self.sampler, self.backbone, self.shape, cond, seed, start)
         return self.tokenizer.decode(z).float().cpu()
-
-
-def derive(*entropy: int) -> int:
-    """A 64-bit seed from a few integers (independent streams per sample)."""
-    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
 
 
 def load_model(args, device: torch.device) -> Model:

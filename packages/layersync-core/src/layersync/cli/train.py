@@ -8,32 +8,12 @@ import logging
 from pathlib import Path
 
 from layersync import config as configuration
-from layersync.cli.common import Parser, add_config_args, entry_point
+from layersync.cli.common import Parser, add_config_args, choice, entry_point, sit_size
 from layersync.errors import ConfigError
 from layersync.objective import LayerSync
 from layersync.plugins import registry
 
 log = logging.getLogger("layersync")
-
-
-def _choice(**table):
-    """An argparse type mapping a (case-insensitive) name onto our value."""
-
-    def convert(value: str):
-        try:
-            return table[value.lower()]
-        except KeyError:
-            raise argparse.ArgumentTypeError(f"expected one of {', '.join(table)}, got '{value}'") from None
-
-    return convert
-
-
-def _sit_size(value: str) -> str:
-    """SiT-XL/2 -> XL/2 (the backbone checks the name and patch)."""
-    size = value.removeprefix("SiT-")
-    if size == value or "/" not in size:
-        raise argparse.ArgumentTypeError(f"expected SiT-NAME/PATCH such as SiT-XL/2, got '{value}'")
-    return size
 
 
 def _block_pairs(value: str) -> list[list[int]]:
@@ -58,7 +38,7 @@ OWN_FLAGS = {
 # translate one to one: vita-epfl/LayerSync's train.py (a SiT fork, transport flags from SiT's
 # train_utils.py) and REPA's train.py. Conflicting flags (two setting one key) are an error.
 REFERENCE_FLAGS = {
-    "--model": ("model.size", _sit_size),
+    "--model": ("model.size", sit_size),
     "--reg-weight": ("layersync.weight", float),
     "--global-batch-size": ("train.batch_size", int),
     "--batch-size": ("train.batch_size", int),  # REPA: the global batch as well
@@ -68,9 +48,9 @@ REFERENCE_FLAGS = {
     "--image-size": ("data.image_size", int),
     "--resolution": ("data.image_size", int),
     "--cfg-prob": ("train.cfg_dropout", float),
-    "--path-type": ("transport.path", _choice(linear="linear", cosine="gvp", gvp="gvp", vp="vp")),
-    "--prediction": ("transport.prediction", _choice(v="velocity", velocity="velocity", noise="noise", score="score")),
-    "--loss-weight": ("transport.loss_weight", _choice(none="none", velocity="velocity", likelihood="likelihood")),
+    "--path-type": ("transport.path", choice(linear="linear", cosine="gvp", gvp="gvp", vp="vp")),
+    "--prediction": ("transport.prediction", choice(v="velocity", velocity="velocity", noise="noise", score="score")),
+    "--loss-weight": ("transport.loss_weight", choice(none="none", velocity="velocity", likelihood="likelihood")),
     "--train-eps": ("transport.train_eps", float),
     "--sample-eps": ("transport.sample_eps", float),
     "--log-every": ("train.log_every", int),
@@ -83,7 +63,7 @@ REFERENCE_FLAGS = {
     "--adam-weight-decay": ("optim.weight_decay", float),
     "--adam-epsilon": ("optim.eps", float),
     "--max-grad-norm": ("optim.grad_clip", float),
-    "--mixed-precision": ("train.precision", _choice(no="fp32", bf16="bf16")),
+    "--mixed-precision": ("train.precision", choice(no="fp32", bf16="bf16")),
 }
 
 # The reference's LayerSync switches, which together set layersync.pairs. In its models.py the
@@ -94,7 +74,7 @@ REFERENCE_FLAGS = {
 # require both flags and K < K2. Its multiple_sync loop keeps only the last pair's term; here every
 # pair of --multi-blocks-match adds its own term.
 LOSS_FLAGS = {
-    "--loss-type": (_choice(layer_sync="layer_sync", vanilla="vanilla", multiple_sync="multiple_sync"),
+    "--loss-type": (choice(layer_sync="layer_sync", vanilla="vanilla", multiple_sync="multiple_sync"),
                     "layer_sync|vanilla|multiple_sync; vanilla: LayerSync off"),
     "--encoder-depth": (int, "K: the student block, with --gt-encoder-depth the pair K:K2"),
     "--gt-encoder-depth": (int, "K2: the teacher block"),
@@ -184,9 +164,8 @@ def resolve(args, reg) -> dict:
     """The run's config: recipe, --config, --set, then the dedicated and reference flags."""
     try:
         modality = reg.get("modalities", args.plugin)
-    except KeyError:
-        known = ", ".join(reg.names("modalities")) or "none installed"
-        raise ConfigError(f"unknown plugin '{args.plugin}' (known: {known})") from None
+    except KeyError as exc:
+        raise ConfigError(exc.args[0]) from None
     given = flag_settings(args)
     config = configuration.load(modality.recipe, args.config, [f"modality={args.plugin}", *args.assignments])
     for _, key, value in given:

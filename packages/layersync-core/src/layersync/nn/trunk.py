@@ -62,7 +62,8 @@ class AdaLNBlock(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(dim, num_heads=heads, qkv_bias=True, qk_norm=qk_norm)
+        # qk_norm: LayerNorm on queries and keys, as REPA's SiT (timm needs the norm named)
+        self.attn = Attention(dim, num_heads=heads, qkv_bias=True, qk_norm=qk_norm, norm_layer=nn.LayerNorm)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=gelu_tanh)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))

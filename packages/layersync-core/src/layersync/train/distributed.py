@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,27 @@ def setup(preference: str = "auto") -> Dist:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def wrap(model: torch.nn.Module, env: Dist, capture: bool) -> torch.nn.Module:
+    """DDP as PyTorch's recipe for capturing a backward under DDP asks (``capture``: the step
+    becomes a CUDA graph): built on a side stream, static graph. Buffers (the frozen position
+    embedding) are the same on every rank, so they are not broadcast at every step; gradients
+    live in DDP's buckets, saving a copy."""
+    ids = [env.device.index] if env.device.type == "cuda" else None
+
+    def build():
+        return DistributedDataParallel(model, device_ids=ids, static_graph=True, broadcast_buffers=False,
+                                       gradient_as_bucket_view=True)
+
+    if not capture:
+        return build()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        ddp = build()
+    torch.cuda.current_stream().wait_stream(side)
+    return ddp
 
 
 def mean_across(values: dict[str, torch.Tensor], env: Dist) -> dict[str, float]:

@@ -13,12 +13,22 @@ log = logging.getLogger("layersync")
 STEP_MODES = ("auto", "eager", "compile", "graph")
 
 
-def resolve_mode(mode: str, device: torch.device) -> str:
-    """``auto`` is graph on CUDA and eager elsewhere; graph needs CUDA."""
+def resolve_mode(mode: str, device: torch.device, world: int = 1) -> str:
+    """``auto`` is graph on one CUDA device, compile on several, eager elsewhere; graph needs CUDA.
+
+    Graph capture under DDP follows PyTorch's recipe but has not been measured on several
+    GPUs yet, so ``auto`` does not pick it there.
+    """
     if mode not in STEP_MODES:
         raise ConfigError(f"train.step_mode must be one of {', '.join(STEP_MODES)}, got {mode!r}")
     if mode == "auto":
-        return "graph" if device.type == "cuda" else "eager"
+        if device.type != "cuda":
+            return "eager"
+        if world > 1:
+            log.info("step mode auto: compile under DDP (graph capture with DDP is not yet measured on several "
+                     "GPUs; --step-mode graph asks for it)")
+            return "compile"
+        return "graph"
     if mode == "graph" and device.type != "cuda":
         raise ConfigError(f"train.step_mode=graph needs a CUDA device, this run uses {device.type}")
     return mode
@@ -60,10 +70,13 @@ class CapturedStep:
             torch.cuda.current_stream().wait_stream(side)
             return out
         self.static_in = (x1.clone(), cond.clone())
+        # the warm-up's freed activations stay cached outside the graph's private pool:
+        # hand them back so the captured step does not need twice the memory
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
         self.graph = torch.cuda.CUDAGraph()
         if self.step.generator is not None and self.step.generator.device.type == "cuda":
             self.graph.register_generator_state(self.step.generator)
-        torch.cuda.synchronize()
         # thread_local: the data loader's pin-memory thread may touch CUDA meanwhile
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.static_out = self.step(*self.static_in)
@@ -76,7 +89,8 @@ def make_step(step: TrainStep, mode: str, warmup: int = 3):
     if mode == "eager":
         return step
     if mode == "compile":
-        step.forward_losses = torch.compile(step.forward_losses)
+        # static shapes: never a symbolic-batch graph (batches have a fixed shape)
+        step.forward_losses = torch.compile(step.forward_losses, dynamic=False)
         return step
     if mode == "graph":
         return CapturedStep(step, warmup)

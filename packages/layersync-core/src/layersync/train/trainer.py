@@ -9,17 +9,18 @@ import time
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from layersync import build
-from layersync.config import dump, flatten, read_yaml
+from layersync.config import DEFAULTS, dump, flatten, read_yaml
 from layersync.errors import ConfigError
 from layersync.plugins import Registry, registry as default_registry
+from layersync.sampling import derive_seed, seeded_samples
 from layersync.train import checkpoint, distributed
 from layersync.train.data import make_loader
 from layersync.train.ema import EMA
 from layersync.train.modes import make_step, resolve_mode
+from layersync.train.optim import LRSchedule, build_optimizer, load_optimizer_state, set_lr
 from layersync.train.step import TrainStep
 
 log = logging.getLogger("layersync")
@@ -50,7 +51,7 @@ def fast_defaults(device: torch.device) -> None:
 
 
 def check_resumable(saved: dict, config: dict, out_dir: Path) -> None:
-    old, new = flatten(saved), flatten(config)
+    old, new = {**flatten(DEFAULTS), **flatten(saved)}, flatten(config)  # keys added since: their defaults
     for key in sorted(set(old) | set(new)):
         if key in RESUMABLE_KEYS or key.startswith("sample."):
             continue
@@ -68,7 +69,7 @@ class Trainer:
         train = config["train"]
         self.env = distributed.setup(train["device"])
         self.autocast_dtype = resolve_precision(train["precision"], self.env.device)
-        self.step_mode = resolve_mode(train["step_mode"], self.env.device)
+        self.step_mode = resolve_mode(train["step_mode"], self.env.device, self.env.world)
         fast_defaults(self.env.device)
         self.modality = build.modality(self.registry, config)
         self.dataset = build.dataset(self.registry, config)
@@ -84,23 +85,15 @@ class Trainer:
         self.layersync = build.layersync(config, self.model.depth)
         self.objective = build.objective(config)
         self.sampler = build.sampler(config, self.objective)
-        optim = config["optim"]
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=optim["lr"],
-            betas=tuple(optim["betas"]),
-            eps=optim["eps"],
-            weight_decay=optim["weight_decay"],
-            fused=self.env.device.type == "cuda",
-            capturable=self.step_mode == "graph",
-        )
+        self.optimizer = build_optimizer(self.model.parameters(), config["optim"], self.env.device,
+                                         capturable=self.step_mode == "graph")
+        self.schedule = LRSchedule(config["optim"]["lr"], train["lr_schedule"], train["warmup_steps"], train["steps"])
         self.ema = EMA(self.model, train["ema_decay"])
         self.generator = torch.Generator(self.env.device).manual_seed(config["seed"] + 1)
         self.step = 0
         self.net = self.model
         if self.env.world > 1:
-            ids = [self.env.device.index] if self.env.device.type == "cuda" else None
-            self.net = DistributedDataParallel(self.model, device_ids=ids, static_graph=True)
+            self.net = distributed.wrap(self.model, self.env, capture=self.step_mode == "graph")
 
     # ---- state -------------------------------------------------------------------
     def state(self) -> dict:
@@ -113,6 +106,7 @@ class Trainer:
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step_generator": self.generator.get_state(),
+            "step_generator_device": self.generator.device.type,
             "torch_rng": torch.get_rng_state(),
         }
         if torch.cuda.is_available():
@@ -123,12 +117,19 @@ class Trainer:
         state = checkpoint.load(path, map_location=self.env.device)
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["step_generator"].cpu())
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.step = int(state["step"])
+        saved_on = state.get("step_generator_device", "cpu")
+        if saved_on == self.generator.device.type:
+            self.generator.set_state(state["step_generator"].cpu())
+        else:  # a CPU generator's state does not fit a CUDA one (nor the other way round)
+            self.generator.manual_seed(derive_seed(self.config["seed"], self.step))
+            log.info("the step generator was saved on %s and this run uses %s: reseeded from (seed, step %d); "
+                     "noise from here on differs from the saved run's", saved_on, self.generator.device.type, self.step)
+        torch.set_rng_state(state["torch_rng"].cpu())
+        cuda_rng = state.get("cuda_rng", [])
+        if torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda_rng])
 
     def prepare_out_dir(self) -> None:
         """Create the run folder, or check that it holds this same run and resume it."""
@@ -164,11 +165,11 @@ class Trainer:
         if not self.env.main:
             return None
         n = self.config["sample"]["num"]
-        g = torch.Generator().manual_seed(self.config["seed"] + 2)  # same noise at every step
-        noise = torch.randn((n, *self.input_shape), generator=g).to(self.env.device)
         cond = torch.arange(n, device=self.env.device) % max(self.num_classes, 1)
-        x = self.sampler(self.ema.model, noise, cond, generator=g.manual_seed(self.config["seed"] + 3))
-        x = self.tokenizer.decode(x).float().cpu()
+        # the same samples at every step (per-sample CPU generators, on any device), the ones that
+        # `layersync-sample --ckpt RUN --seed SEED` draws from the EMA weights
+        z = seeded_samples(self.sampler, self.ema.model, self.input_shape, cond, self.config["seed"])
+        x = self.tokenizer.decode(z).float().cpu()
         return self.modality.save_samples(x, self.out / "samples" / f"step_{self.step:07d}")
 
     # ---- loop --------------------------------------------------------------------
@@ -220,6 +221,8 @@ class Trainer:
                 if not self.encoded:
                     x = self.tokenizer.encode(x)
                 cond = cond.to(self.env.device, non_blocking=True)
+                lr = self.schedule(self.step)
+                set_lr(self.optimizer, lr)
                 out = step_fn(x, cond)
                 self.step += 1
                 bar.update(1)
@@ -228,7 +231,7 @@ class Trainer:
                     now = time.perf_counter()
                     rate = (self.step - tick_step) * cfg["batch_size"] / (now - tick)
                     tick, tick_step = now, self.step
-                    record = {"step": self.step, **last, "lr": self.optimizer.param_groups[0]["lr"],
+                    record = {"step": self.step, **last, "lr": lr,
                               "samples_per_s": rate, "elapsed_s": now - started}
                     if metrics:
                         metrics.write(json.dumps(record) + "\n")
