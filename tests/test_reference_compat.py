@@ -1,6 +1,7 @@
-"""Reference-implementation compatibility: its SiT checkpoints and its training flags."""
+"""Reference-implementation compatibility: its SiT checkpoints, its training and its sampling flags."""
 
 import argparse
+import copy
 import inspect
 import math
 
@@ -10,8 +11,8 @@ import torch.nn.functional as F
 import yaml
 
 from layersync import config as configuration
-from layersync.cli import train
-from layersync.errors import DataError
+from layersync.cli import sample, train
+from layersync.errors import ConfigError, DataError
 from layersync.objective import LayerSync
 from layersync.plugins import registry
 from layersync_image.cache import latent_cache
@@ -222,7 +223,7 @@ def test_paper_recipes_and_their_vanilla_twins(name):
         assert (config["train"]["steps"], config["train"]["batch_size"], config["optim"]["lr"]) == (400_000, 256, 1e-4)
         assert (config["train"]["ema_decay"], config["train"]["cfg_dropout"]) == (0.9999, 0.1)
         sample = config["sample"]
-        assert (sample["method"], sample["solver"], sample["steps"]) == ("sde", "euler", 250)
+        assert (sample["method"], sample["solver"], sample["steps"], sample["cfg_channels"]) == ("sde", "euler", 250, 3)
         own = yaml.safe_load(file.read_text())  # the options the recipe gives fit the factories
         inspect.signature(latent_cache).bind(**{k: v for k, v in own["data"].items() if k != "name"})
         inspect.signature(sd_vae).bind(**{k: v for k, v in own["tokenizer"].items() if k != "name"})
@@ -231,3 +232,65 @@ def test_paper_recipes_and_their_vanilla_twins(name):
     assert loaded[""]["layersync"] == {"pairs": pairs, "weight": 0.2} and loaded["_vanilla"]["layersync"]["pairs"] == []
     loaded["_vanilla"]["layersync"]["pairs"] = pairs
     assert loaded[""] == loaded["_vanilla"]  # the twins differ in the pairs only
+
+
+def sampling(*flags, config=None):
+    """(sample section, args) after the sampling CLI's flags, over DEFAULTS or ``config``."""
+    args = sample.parser().parse_args(["--ckpt", "run", "--out", "grid", *flags])
+    config = sample.sample_config(copy.deepcopy(config or configuration.DEFAULTS), args)
+    return config["sample"], args
+
+
+@pytest.mark.parametrize("flags, want", [
+    # --num-sampling-steps counts time grid points: N - 1 steps of our ODE, N points of our SDE
+    ("--num-sampling-steps 10", {"method": "ode", "steps": 9}),
+    ("--mode sde --num-sampling-steps 10", {"method": "sde", "steps": 10}),
+    ("--set sample.method=sde --num-sampling-steps 7", {"steps": 7}),
+    ("SDE --num-sampling-steps 10", {"method": "sde", "steps": 10}),
+    ("ODE --sampling-method euler --num-sampling-steps 10", {"method": "ode", "solver": "euler", "steps": 9}),
+    # the mode argument brings the reference's defaults for it; --set and flags override them
+    ("ODE", {"method": "ode", "solver": "dopri5", "steps": 249, "atol": 1e-6, "rtol": 1e-3, "cfg_channels": 3}),
+    ("sde", {"method": "sde", "solver": "euler", "steps": 250, "diffusion_form": "sigma", "last_step": "mean",
+             "last_step_size": 0.04, "cfg_channels": 3}),
+    ("ODE --set sample.solver=heun", {"solver": "heun"}),
+    ("ODE --steps 20", {"steps": 20}),
+    ("--sampling-method heun2", {"solver": "heun"}),
+    ("--sampling-method Heun", {"solver": "heun"}),
+    ("--atol 1e-5 --rtol 1e-2", {"atol": 1e-5, "rtol": 1e-2}),
+    ("--diffusion-form SBDM --diffusion-norm 2", {"diffusion_form": "sbdm", "diffusion_norm": 2.0}),
+    ("--last-step None", {"last_step": "none"}),
+    ("--last-step Tweedie --last-step-size 0.01", {"last_step": "tweedie", "last_step_size": 0.01}),
+    ("--num-fid-samples 50000", {"num": 50000}),
+    ("--cfg-scale 1.5", {"cfg_scale": 1.5}),
+])
+def test_reference_sampling_flags_set_the_sample_config(flags, want):
+    section, _ = sampling(*flags.split())
+    assert {key: section[key] for key in want} == want
+
+
+def test_reference_sampling_flags_for_the_run_not_the_config():
+    _, args = sampling("--global-seed", "3", "--per-proc-batch-size", "8")
+    assert (args.seed, args.batch) == (3, 8)
+    config = {**configuration.DEFAULTS, "model": {"name": "sit", "size": "XL/2"}}
+    assert sampling("--model", "SiT-XL/2", config=config)[0] == configuration.DEFAULTS["sample"]
+    with pytest.raises(ConfigError, match="SiT-B/2.*XL/2"):
+        sampling("--model", "SiT-B/2", config=config)
+
+
+@pytest.mark.parametrize("flags, words", [
+    ("--steps 5 --num-sampling-steps 6", ["--num-sampling-steps", "--steps"]),
+    ("--num 4 --num-fid-samples 4", ["--num-fid-samples", "--num"]),
+    ("--seed 1 --global-seed 2", ["--global-seed", "--seed"]),
+    ("--batch 8 --per-proc-batch-size 16", ["--per-proc-batch-size", "--batch"]),
+    ("--mode ode SDE", ["ODE|SDE", "--mode"]),
+    ("--num-sampling-steps 1", ["--num-sampling-steps", "at least 2"]),
+    ("--sampling-method rk4", ["--sampling-method", "dopri5"]),
+    ("--last-step Last", ["--last-step", "tweedie"]),
+    ("XDE", ["ODE|SDE", "sde"]),
+])
+def test_conflicting_or_unknown_sampling_flags_exit_2(capsys, flags, words):
+    with pytest.raises(SystemExit) as info:
+        sample.main(["--ckpt", "run", "--out", "grid", *flags.split()])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1, err
+    assert all(w in err[0] for w in words), err[0]
