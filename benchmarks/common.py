@@ -17,6 +17,18 @@ from layersync.train.distributed import pick_device
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
+# Dense tensor-core peaks (TFLOP/s, without sparsity) from NVIDIA's datasheets; the first entry
+# whose name is in torch.cuda.get_device_name() wins. "tf32" is the peak of fp32 runs (TF32 on).
+# The NVL cards are listed as unknown so that they do not fall through to the SXM figures.
+DATASHEET_TFLOPS = (
+    ("H100 PCIe", {"bf16": 756.5, "tf32": 378.0}),
+    ("H100 NVL", {}),
+    ("H200 NVL", {}),
+    ("H100", {"bf16": 989.4, "tf32": 494.7}),  # SXM
+    ("H200", {"bf16": 989.4, "tf32": 494.7}),  # SXM
+    ("A100", {"bf16": 312.0, "tf32": 156.0}),
+)
+
 
 def device_name(device: str) -> str:
     if device == "cuda":
@@ -30,6 +42,12 @@ def device_name(device: str) -> str:
 
 def resolve_device(name: str) -> str:
     return pick_device(name).type
+
+
+def datasheet_peak(name: str, precision: str) -> float:
+    """Dense peak FLOP/s of the named card in ``precision`` ("bf16" or "tf32"); NaN if unknown."""
+    peaks = next((p for key, p in DATASHEET_TFLOPS if key in name), {})
+    return peaks.get(precision, float("nan")) * 1e12
 
 
 def machine_info(device: str) -> dict:
@@ -84,16 +102,24 @@ def table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def publish(suite: str, device: str, rows: list[dict], markdown: str, **extra) -> tuple[dict, Path]:
-    """Print the suite's tables and write ``<suite>-<device>-<date>.json`` and ``.md``
-    (with the machine, versions and date) under the results folder."""
-    report = {"suite": suite, "machine": machine_info(device), "rows": rows, **extra}
-    out_dir = Path(os.environ.get("LAYERSYNC_RESULTS", RESULTS))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = report["machine"]["date"].replace(":", "").replace("+0000", "Z")
-    base = out_dir / f"{suite}-{report['machine']['device']}-{stamp}"
-    base.with_suffix(".json").write_text(json.dumps(report, indent=2))
+def target(key: str, what: str, value, passed: bool | None) -> dict:
+    """A verdict for benchmarks/summary.py; ``passed`` None: could not be judged here."""
+    return {"id": key, "what": what, "value": value,
+            "verdict": "NOT RUN" if passed is None else "PASS" if passed else "FAIL"}
+
+
+def publish(suite: str, device: str, rows: list[dict], markdown: str, path: Path | None = None,
+            **extra) -> tuple[dict, Path]:
+    """Write ``<suite>-<device>-<date>.json`` and ``.md`` (with the machine, versions and date)
+    under the results folder, or over the report at ``path`` (a suite that publishes after
+    every row). Returns the report and the .md path."""
+    report = {"suite": suite, "machine": machine_info(device), "rows": rows, "markdown": markdown, **extra}
+    if path is None:
+        out_dir = Path(os.environ.get("LAYERSYNC_RESULTS", RESULTS))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stamp = report["machine"]["date"].replace(":", "").replace("+0000", "Z")
+        path = out_dir / f"{suite}-{device}-{stamp}.md"
+    path.with_suffix(".json").write_text(json.dumps(report, indent=2))
     header = "\n".join(f"- {k}: {v}" for k, v in report["machine"].items())
-    base.with_suffix(".md").write_text(f"# {suite}\n\n{header}\n\n{markdown}\n")
-    print(markdown)
-    return report, base.with_suffix(".md")
+    path.write_text(f"# {suite}\n\n{header}\n\n{markdown}\n")
+    return report, path

@@ -18,10 +18,12 @@ import copy
 
 import torch
 
-from benchmarks.common import median, publish, resolve_device, table, timed
+from benchmarks.common import median, publish, resolve_device, table, target, timed
 from layersync import FlowObjective, LayerSync
+from layersync.config import DEFAULTS
 from layersync.train.ema import EMA
 from layersync.train.modes import make_step, resolve_mode
+from layersync.train.optim import build_optimizer
 from layersync.train.step import TrainStep
 from layersync_image.sit import build_sit, parse_size
 
@@ -29,11 +31,11 @@ TARGET = 1.02
 
 
 def build_steps(base, variants: dict, device, mode, precision) -> dict:
-    """One step function per LayerSync setting, all sharing ONE model, optimizer,
-    EMA and generator, so that no variant gains from its own memory layout."""
+    """One step function per LayerSync setting, all sharing ONE model, optimizer (the
+    training run's: AdamW with a tensor lr, default settings), EMA and generator, so
+    that no variant gains from its own memory layout."""
     model = copy.deepcopy(base).to(device).train()
-    cuda = device == "cuda"
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=cuda, capturable=mode == "graph")
+    opt = build_optimizer(model.parameters(), DEFAULTS["optim"], device, capturable=mode == "graph")
     ema, generator = EMA(model, 0.9999), torch.Generator(device).manual_seed(1)
     return {
         name: make_step(TrainStep(model, FlowObjective(), layersync, opt, ema, cfg_dropout=0.1,
@@ -84,7 +86,10 @@ def main(argv=None) -> dict:
            "off_ms": 1e3 * median(times["off"]), "on_ms": 1e3 * median(times["on"]), "ratio": ratio,
            "verdict": "PASS" if ratio <= TARGET else "FAIL"}
     markdown = table([row], list(row)) + f"\n\ntarget: on/off <= {TARGET}"
-    report, path = publish("overhead", device, [row], markdown, config=vars(args))
+    verdict = target("overhead", f"LayerSync on/off step time, SiT-{args.size} batch {args.batch} {mode} (<= {TARGET})",
+                     ratio, ratio <= TARGET)
+    print(markdown)
+    report, path = publish("overhead", device, [row], markdown, config=vars(args), targets=[verdict])
     print(f"overhead ratio (on/off): {ratio:.3f}  (target <= {TARGET})  {row['verdict']}   report: {path}")
     return report
 

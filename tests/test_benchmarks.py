@@ -1,9 +1,17 @@
 """The benchmark suites run end to end on tiny settings and write their reports."""
 
 import json
+import math
+import weakref
+
+import pytest
+import torch
 
 from benchmarks import __main__ as entry
-from benchmarks import overhead, step_speed
+from benchmarks import overhead, step_speed, summary
+from benchmarks.common import datasheet_peak
+from layersync import LayerSync
+from layersync_image.sit import build_sit, parse_size
 
 
 def reports(folder, suite):
@@ -17,15 +25,75 @@ def test_overhead_and_step_speed_write_reports(tmp_path, monkeypatch):
     row = report["rows"][0]
     assert row["ratio"] == row["on_ms"] / row["off_ms"] and row["mode"] == "eager"
     assert report["machine"]["torch"] and report["machine"]["device"] == "cpu"
+    assert [t["id"] for t in report["targets"]] == ["overhead"]
 
     step_speed.main(["--configs", "T/4:4:1x8x8", "--steps", "2", "--warmup", "1", "--repeats", "1"])
-    (report,) = reports(tmp_path, "step_speed")
+    (report,) = reports(tmp_path, "step_speed")  # rewritten after every row: still one report
     assert [(r["layersync"], r["batch"]) for r in report["rows"]] == [("on", 4), ("off", 4)]
-    assert all(r["mfu"] > 0 and r["images_per_s"] > 0 for r in report["rows"])
-    assert "plain single file" in next(tmp_path.glob("step_speed-*.md")).read_text()
+    assert all(r["mfu_measured_peak"] > 0 and r["images_per_s"] > 0 for r in report["rows"])
+    assert all(math.isnan(r["mfu"]) for r in report["rows"])  # a CPU has no datasheet peak
+    assert "no datasheet peak" in report["markdown"] and "plain single file" in report["markdown"]
+    assert [t["id"] for t in report["targets"]] == ["plain_baseline"]
+
+
+def test_datasheet_peaks():
+    assert datasheet_peak("NVIDIA H100 80GB HBM3", "bf16") == pytest.approx(989.4e12)
+    assert datasheet_peak("NVIDIA H200", "tf32") == pytest.approx(494.7e12)
+    assert datasheet_peak("NVIDIA H100 PCIe", "bf16") == pytest.approx(756.5e12)
+    assert math.isnan(datasheet_peak("NVIDIA H100 NVL", "bf16"))  # not the SXM figure
+    assert math.isnan(datasheet_peak("AMD EPYC 9654", "bf16"))
+
+
+def test_cpu_flop_count_includes_attention():
+    """Against a count by hand of the matmuls of SiT-T/2 on 1x32x32 (256 tokens: attention
+    is a quarter of the FLOPs), at a batch above the one FlopCounterMode sees."""
+    depth, dim, _, patch = parse_size("T/2")
+    batch, tokens, mlp = 6, (32 // patch) ** 2, 4 * dim
+    model = build_sit((1, 32, 32), 10, "T/2")
+    counted = step_speed.step_flops(model, (1, 32, 32), batch, LayerSync.parse("2:4"), "cpu", None)
+    per_token = 2 * dim * (3 * dim + dim + 2 * mlp) + 2 * dim * patch**2  # qkv, proj, fc1, fc2; final linear
+    attention = 4 * tokens * tokens * dim  # q @ k^T and weights @ v over all heads, per sample
+    # backward: twice the forward matmuls; torch's formula for attention counts 2.5x (it recomputes q @ k^T)
+    by_hand = batch * (3 * (depth * tokens * per_token) + 3.5 * depth * attention)
+    assert by_hand <= counted <= 1.01 * by_hand  # the rest (adaLN, embedders) is < 1%
+
+
+def test_summary_marks_targets_and_steps(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    (work / "results").mkdir(parents=True)
+    (work / "steps.tsv").write_text("install\tPASS\t12\nimport\tPASS\t4\ngraph_check\tFAIL (exit 1)\t30\n"
+                                    "overhead\tPASS\t20\nspeed_b2\tTIMEOUT (120s)\t120\n")
+    report = {"suite": "overhead", "machine": {"device_name": "GPU X"}, "rows": [], "markdown": "| a |",
+              "targets": [{"id": "overhead", "what": "on/off", "value": 1.01, "verdict": "PASS"}]}
+    (work / "results" / "overhead-cuda-1.json").write_text(json.dumps(report))
+    summary.main([str(work), str(out)])
+    verdicts = {line.split("|")[1].strip(): line.split("|")[2].strip()
+                for line in (out / "report.md").read_text().splitlines() if line.startswith("| ")}
+    assert verdicts["install and import"] == "PASS" and verdicts["LayerSync overhead"] == "PASS"
+    assert verdicts["graph replay equals eager"].startswith("FAIL")  # the step failed before its verdict
+    assert verdicts["graph speed-up"].startswith("FAIL (TIMEOUT")
+    assert verdicts["SiT-XL/2 MFU"] == "NOT RUN" and verdicts["tests"] == "NOT RUN"
+    assert json.loads((out / "results.json").read_text())[0]["suite"] == "overhead"
 
 
 def test_entry_point_lists_suites_and_refuses_unknown(capsys):
     assert entry.main([]) == 0
     assert "step_speed" in capsys.readouterr().out
     assert entry.main(["nonsense"]) == 2
+
+
+def test_out_of_memory_halves_the_batch_after_freeing_the_failed_try(monkeypatch):
+    tries, left_behind = [], []
+
+    def measure(base, batch, *args):
+        assert all(ref() is None for ref in left_behind), "the failed try's tensors are still alive"
+        activations = torch.zeros(1)
+        left_behind.append(weakref.ref(activations))
+        tries.append(batch)
+        if batch > 16:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return 0.1, 1.0, 10
+
+    monkeypatch.setattr(step_speed, "measure", measure)
+    assert step_speed.measure_fitting(None, 64) == (16, (0.1, 1.0, 10))
+    assert tries == [64, 32, 16]
