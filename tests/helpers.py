@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 TINY = [
@@ -43,3 +44,12 @@ def tiny_vae(size: int, std_bias: float | None = None):
         with torch.no_grad():
             vae.quant_conv.bias[4:] = std_bias
     return vae
+
+
+def error_line(main, argv, capsys) -> str:
+    """Run a CLI's main expecting bad input: exit code 2 and one line on stderr, returned."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1, err
+    return err[0]

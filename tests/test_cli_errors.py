@@ -1,18 +1,11 @@
 """Bad input: exit code 2 and one clear line on stderr."""
 
-import pytest
-
-from helpers import tiny_args
+from helpers import error_line, tiny_args
 from layersync.cli import train
 
 
 def run_error(argv, capsys):
-    with pytest.raises(SystemExit) as info:
-        train.main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert info.value.code == 2
-    assert len(err) == 1, err
-    return err[0]
+    return error_line(train.main, argv, capsys)
 
 
 def test_unknown_plugin_lists_known(tmp_path, capsys):

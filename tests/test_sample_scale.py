@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import tiny_args
+from helpers import error_line, tiny_args
 from layersync import build
 from layersync.cli import sample, train
 from layersync.errors import DataError
@@ -122,11 +122,7 @@ def test_two_gloo_ranks_match_one_process(run, tmp_path):
 
 
 def refused(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as info:
-        sample.main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert info.value.code == 2 and len(err) == 1, err
-    return err[0]
+    return error_line(sample.main, argv, capsys)
 
 
 def test_other_settings_cannot_resume_into_a_folder(run, tmp_path, capsys, caplog):
