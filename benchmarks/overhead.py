@@ -1,13 +1,14 @@
 """LayerSync overhead: median step time with the term on vs off, measured in one run.
 
 A full training step (noise/t sampling, forward with block capture, flow
-loss [+ LayerSync], backward, AdamW, EMA) of a small SiT, in the device's
+loss [+ LayerSync], backward, AdamW, EMA) of a small SiT (an input CxHxW) or
+SiT-1D (an input CxT: channels and frames, the audio backbone), in the device's
 default step mode (eager on CPU, CUDA graph on GPU). Repetitions alternate
-off, on, off, on, ... on one shared model and optimizer (two separately
+off, on, on, off, ... on one shared model and optimizer (two separately
 built copies differ by up to 5% on a CPU from memory layout alone).
 Target: on/off <= 1.02.
 
-    python -m benchmarks overhead                         # tiny SiT on CPU
+    python -m benchmarks overhead                         # the image and audio defaults' models on CPU
     python -m benchmarks overhead --device cuda --size B/2 --input 4x32x32 --batch 64
 """
 
@@ -21,6 +22,7 @@ import torch
 from benchmarks.common import median, publish, resolve_device, table, target, timed
 from layersync import FlowObjective, LayerSync
 from layersync.config import DEFAULTS
+from layersync.nn import build_sit1d, parse_size_1d
 from layersync.train.ema import EMA
 from layersync.train.modes import make_step, resolve_mode
 from layersync.train.optim import build_optimizer
@@ -28,6 +30,7 @@ from layersync.train.step import TrainStep
 from layersync_image.sit import build_sit, parse_size
 
 TARGET = 1.02
+DEFAULT_CASES = (("T/4", "1x16x16"), ("T/2", "64x60"))  # the image and audio default runs' models and inputs
 
 
 def build_steps(base, variants: dict, device, mode, precision) -> dict:
@@ -52,10 +55,41 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.lower().split("x"))
 
 
+def backbone(size: str, shape: tuple[int, ...]):
+    """(model, name, tokens per sample): SiT for CxHxW inputs, SiT-1D for CxT."""
+    if len(shape) == 2:
+        patch = parse_size_1d(size)[3]
+        return build_sit1d(shape, 10, size), f"SiT-1D-{size}", shape[1] // patch
+    patch = parse_size(size)[3]
+    return build_sit(shape, 10, size), f"SiT-{size}", (shape[1] // patch) * (shape[2] // patch)
+
+
+def measure(size: str, shape_text: str, args, device: str, mode: str, precision) -> dict:
+    shape = parse_shape(shape_text)
+    torch.manual_seed(0)
+    base, name, tokens = backbone(size, shape)
+    pairs = args.pairs or f"{base.depth // 3}:{2 * base.depth // 3}"
+    steps = build_steps(base, {"off": None, "on": LayerSync.parse(pairs)}, device, mode, precision)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(args.batch, *shape, generator=g).to(device)
+    y = torch.randint(0, 10, (args.batch,), generator=g).to(device)
+    times = {"off": [], "on": []}
+    for repeat in range(args.repeats):
+        for variant in ("off", "on") if repeat % 2 == 0 else ("on", "off"):  # interleaved, ABBA, against drift
+            timed(lambda: steps[variant](x, y), args.warmup, device)
+            times[variant] += timed(lambda: steps[variant](x, y), args.steps, device)
+    ratio = median(times["on"]) / median(times["off"])
+    return {"model": name, "input": shape_text, "batch": args.batch, "pairs": pairs, "mode": mode,
+            "off_ms": 1e3 * median(times["off"]), "on_ms": 1e3 * median(times["on"]),
+            "tokens_per_s": args.batch * tokens / median(times["on"]), "ratio": ratio,
+            "verdict": "PASS" if ratio <= TARGET else "FAIL"}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks overhead", description=__doc__.splitlines()[0])
-    p.add_argument("--size", default="T/4")
-    p.add_argument("--input", default="1x16x16", help="CxHxW of the model input")
+    p.add_argument("--size", help="one model size (default: the cases below, or T/4)")
+    p.add_argument("--input", help="CxHxW (SiT) or CxT (SiT-1D) of the model input; with --size, the one case "
+                   f"measured (default: {', '.join(f'{s} at {i}' for s, i in DEFAULT_CASES)})")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=10, help="timed steps per repetition")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before each repetition")
@@ -67,30 +101,18 @@ def main(argv=None) -> dict:
     device = resolve_device(args.device)
     mode = resolve_mode("auto", torch.device(device))
     precision = torch.bfloat16 if device == "cuda" else None
-    depth = parse_size(args.size)[0]
-    pairs = args.pairs or f"{depth // 3}:{2 * depth // 3}"
-    shape = parse_shape(args.input)
-    torch.manual_seed(0)
-    base = build_sit(shape, 10, args.size)
-    steps = build_steps(base, {"off": None, "on": LayerSync.parse(pairs)}, device, mode, precision)
-    g = torch.Generator().manual_seed(2)
-    x = torch.randn(args.batch, *shape, generator=g).to(device)
-    y = torch.randint(0, 10, (args.batch,), generator=g).to(device)
-    times = {"off": [], "on": []}
-    for _ in range(args.repeats):
-        for name in ("off", "on"):  # interleaved against drift
-            timed(lambda: steps[name](x, y), args.warmup, device)
-            times[name] += timed(lambda: steps[name](x, y), args.steps, device)
-    ratio = median(times["on"]) / median(times["off"])
-    row = {"model": f"SiT-{args.size}", "input": args.input, "batch": args.batch, "pairs": pairs, "mode": mode,
-           "off_ms": 1e3 * median(times["off"]), "on_ms": 1e3 * median(times["on"]), "ratio": ratio,
-           "verdict": "PASS" if ratio <= TARGET else "FAIL"}
-    markdown = table([row], list(row)) + f"\n\ntarget: on/off <= {TARGET}"
-    verdict = target("overhead", f"LayerSync on/off step time, SiT-{args.size} batch {args.batch} {mode} (<= {TARGET})",
-                     ratio, ratio <= TARGET)
+    one = args.size or args.input
+    cases = [(args.size or "T/4", args.input or "1x16x16")] if one else DEFAULT_CASES
+    rows = [measure(size, shape, args, device, mode, precision) for size, shape in cases]
+    markdown = table(rows, list(rows[0])) + f"\n\ntarget: on/off <= {TARGET}"
+    verdicts = [target("overhead" if i == 0 else f"overhead_{row['model']}",
+                       f"LayerSync on/off step time, {row['model']} batch {args.batch} {mode} (<= {TARGET})",
+                       row["ratio"], row["ratio"] <= TARGET) for i, row in enumerate(rows)]
     print(markdown)
-    report, path = publish("overhead", device, [row], markdown, config=vars(args), targets=[verdict])
-    print(f"overhead ratio (on/off): {ratio:.3f}  (target <= {TARGET})  {row['verdict']}   report: {path}")
+    report, path = publish("overhead", device, rows, markdown, config=vars(args), targets=verdicts)
+    for row in rows:
+        print(f"{row['model']}: overhead ratio (on/off) {row['ratio']:.3f}  (target <= {TARGET})  {row['verdict']}")
+    print(f"report: {path}")
     return report
 
 

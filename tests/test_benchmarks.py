@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from benchmarks import __main__ as entry
-from benchmarks import overhead, step_speed, summary
+from benchmarks import audio_data, overhead, step_speed, summary
 from benchmarks.common import datasheet_peak
 from layersync import LayerSync
 from layersync_image.sit import build_sit, parse_size
@@ -26,6 +26,13 @@ def test_overhead_and_step_speed_write_reports(tmp_path, monkeypatch):
     assert row["ratio"] == row["on_ms"] / row["off_ms"] and row["mode"] == "eager"
     assert report["machine"]["torch"] and report["machine"]["device"] == "cpu"
     assert [t["id"] for t in report["targets"]] == ["overhead"]
+    for path in tmp_path.iterdir():
+        path.unlink()
+
+    overhead.main(["--size", "T/2", "--input", "16x8", "--batch", "4", "--steps", "2", "--warmup", "1", "--repeats", "1"])
+    (report,) = reports(tmp_path, "overhead")
+    row = report["rows"][0]  # the audio backbone: 16 channels x 8 frames, 4 tokens of 2 frames
+    assert row["model"] == "SiT-1D-T/2" and row["tokens_per_s"] == pytest.approx(4 * 4 / (row["on_ms"] / 1e3))
 
     step_speed.main(["--configs", "T/4:4:1x8x8", "--steps", "2", "--warmup", "1", "--repeats", "1"])
     (report,) = reports(tmp_path, "step_speed")  # rewritten after every row: still one report
@@ -97,3 +104,12 @@ def test_out_of_memory_halves_the_batch_after_freeing_the_failed_try(monkeypatch
     monkeypatch.setattr(step_speed, "measure", measure)
     assert step_speed.measure_fitting(None, 64) == (16, (0.1, 1.0, 10))
     assert tries == [64, 32, 16]
+
+
+def test_audio_data_reports_clips_per_second(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAYERSYNC_RESULTS", str(tmp_path))
+    audio_data.main(["--rates", "16000,8000", "--workers", "0", "--batch", "4", "--batches", "2", "--repeats", "1"])
+    (report,) = reports(tmp_path, "audio_data")
+    assert [(r["target_hz"], r["source_hz"]) for r in report["rows"]] == [(16000, "16000"), (8000, "16000")]
+    for row in report["rows"]:
+        assert row["clips_per_s"] > 0 and row["audio_s_per_s"] == pytest.approx(row["clips_per_s"] * row["clip_s"])

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 from torchvision.transforms.functional import normalize, to_tensor
 
 from helpers import tiny_vae
+from layersync.cache import LatentCacheDataset, latent_cache, shard_name
+from layersync.cli import cache as cache_cli
 from layersync.errors import ConfigError, DataError
-from layersync_image import cache as cache_module
-from layersync_image.cache import LatentCacheDataset, latent_cache, main, shard_name, write_cache
 from layersync_image.data import center_crop
 from layersync_image.vae import SD_SCALE, SDVAETokenizer, sd_vae
 
@@ -39,9 +39,15 @@ def make_tree(root, per_class=(3, 2), size=(24, 19)):
     return root
 
 
-def build(data, out, vae_dir, **kw):
-    options = {"vae": str(vae_dir), "image_size": SIZE, "batch": 2, "shard_size": 2, "device": "cpu", **kw}
-    return write_cache(str(data), str(out), **options)
+def cache_args(data, out, vae_dir, image_size=SIZE):
+    return ["--plugin", "image", "--data", str(data), "--out", str(out), "--set", f"tokenizer.path={vae_dir}",
+            "--set", f"data.image_size={image_size}", "--batch", "2", "--shard-size", "2", "--device", "cpu",
+            "--workers", "0"]
+
+
+def build(data, out, vae_dir, image_size=SIZE):
+    """layersync-cache --plugin image, in process: the cache's meta (bad input raises)."""
+    return cache_cli.run(cache_cli.parser().parse_args(cache_args(data, out, vae_dir, image_size)))
 
 
 def reference_pixels(path):
@@ -127,19 +133,18 @@ def test_rerun_does_no_work_and_a_missing_shard_is_completed(tmp_path, vae_dir, 
 def test_changed_data_or_size_is_refused_by_name(tmp_path, vae_dir, capsys):
     data, out = make_tree(tmp_path / "data"), tmp_path / "cache"
     build(data, out, vae_dir)
-    with pytest.raises(DataError, match=r"preprocessing changed \(preprocessing.image_size: 16 in the cache, 32 now"):
+    with pytest.raises(DataError, match=r"preprocessing changed \(preprocessing.data.image_size: 16 in the cache, 32 now"):
         build(data, out, vae_dir, image_size=32)
     Image.new("RGB", (20, 20)).save(data / "class1" / "new.png")
-    with pytest.raises(DataError, match=r"the images changed \(data.files: 5 in the cache, 6 now; data.names_sha256"):
+    with pytest.raises(DataError, match=r"the data changed \(data.files: 5 in the cache, 6 now; data.names_sha256"):
         build(data, out, vae_dir)
     (data / "class1" / "new.png").unlink()
     Image.new("RGB", (30, 30), "red").save(data / "class0" / "0.png")  # same name, other content
     with pytest.raises(SystemExit) as exit_info:
-        main(["--data", str(data), "--out", str(out), "--vae", str(vae_dir), "--image-size", str(SIZE),
-              "--batch", "2", "--shard-size", "2", "--device", "cpu", "--workers", "0"])
+        cache_cli.main(cache_args(data, out, vae_dir))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("layersync-cache: error: latent cache") and "the images changed (data.stats_sha256" in err
+    assert err.startswith("layersync-cache: error: latent cache") and "the data changed (data.stats_sha256" in err
     assert "names_sha256" not in err
 
 
@@ -150,14 +155,14 @@ def test_changed_vae_is_refused(tmp_path, vae_dir):
     with torch.no_grad():
         other.decoder.conv_out.bias.add_(0.1)
     other.save_pretrained(tmp_path / "other_vae")
-    with pytest.raises(DataError, match=r"the VAE changed \(vae.state_sha256"):
-        build(data, out, vae_dir=tmp_path / "other_vae")
+    with pytest.raises(DataError, match=r"the tokenizer changed \(tokenizer.state_sha256"):
+        build(data, out, tmp_path / "other_vae")
 
 
 def test_dataset_yields_scaled_samples_of_the_stored_moments(tmp_path, vae_dir):
     out = tmp_path / "cache"
     build(make_tree(tmp_path / "data"), out, vae_dir)
-    data = latent_cache(str(out), expect={"preprocessing": {"image_size": SIZE, "scale": SD_SCALE}})
+    data = latent_cache(str(out), expect={"preprocessing": {"data": {"image_size": SIZE}, "scale": SD_SCALE}})
     assert data.encoded is True and len(data) == 5 and data.num_classes == 2 and data.sample_shape == (4, 8, 8)
     assert [data[i][1] for i in range(5)] == [0, 0, 0, 1, 1]
     stored = load_file(out / shard_name(1))  # items 2 and 3
@@ -179,13 +184,14 @@ def test_dataset_yields_scaled_samples_of_the_stored_moments(tmp_path, vae_dir):
 def test_dataset_refuses_a_cache_of_other_inputs(tmp_path, vae_dir):
     out = tmp_path / "cache"
     build(make_tree(tmp_path / "data"), out, vae_dir)
-    with pytest.raises(DataError, match=r"preprocessing.image_size: 16 in the cache, 256 expected"):
-        LatentCacheDataset(str(out), expect={"preprocessing": {"image_size": 256}})
+    with pytest.raises(DataError, match=r"preprocessing.data.image_size: 16 in the cache, 256 expected"):
+        LatentCacheDataset(str(out), expect={"preprocessing": {"data": {"image_size": 256}}})
     with pytest.raises(DataError, match="not a latent cache"):
         LatentCacheDataset(str(tmp_path))
     meta = json.loads((out / "meta.json").read_text())
-    assert set(meta["fingerprint"]) == {"data", "vae", "preprocessing", "layout"}
-    assert cache_module.CROP == meta["fingerprint"]["preprocessing"]["crop"]
+    assert set(meta["fingerprint"]) == {"data", "tokenizer", "preprocessing", "layout"}
+    assert meta["fingerprint"]["preprocessing"]["data"] == {"name": "imagefolder", "image_size": SIZE, "channels": 3,
+                                                            "hflip": False}
 
 
 def test_cache_reads_hugging_face_parquet_shards(tmp_path, vae_dir):

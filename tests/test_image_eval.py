@@ -17,6 +17,7 @@ import torch_fidelity.metric_isc as isc
 import torch_fidelity.metric_prc as prc
 from PIL import Image
 
+from layersync.cli import eval as eval_cli
 from layersync.errors import DataError
 from layersync.metrics import MissingWeightsError, WeightFile, frechet_distance
 from layersync_image import evaluate as ev
@@ -74,7 +75,7 @@ def evaluated(inception_file, tmp_path_factory):
     np.savez(folder / "ref.npz", arr_0=ref)
     with mock.patch("layersync_image.inception.INCEPTION_FID", weight_for(inception_file)):
         evaluator = ev.ImageEvaluator(weights=inception_file, batch=5, splits=2)
-    result = ev.evaluate(ev.NpzImages(folder / "samples.npz"), ev.open_images(folder / "ref.npz"), evaluator, batch=7)
+    result = eval_cli.run(evaluator, ev.NpzImages(folder / "samples.npz"), ev.open_images(folder / "ref.npz"), {}, 7)
     return evaluator, result, samples
 
 
@@ -185,7 +186,7 @@ def test_evaluator_layouts_batching_and_precomputed_statistics():
     assert a["inception_score"] == pytest.approx(ev.inception_score(logits), rel=1e-12)
 
     mu_ref, sigma_ref = np.ones(16), np.eye(16)
-    one.use_reference_statistics(mu=mu_ref, sigma=sigma_ref)
+    one.use_reference_statistics({"mu": mu_ref, "sigma": sigma_ref})
     c = one.compute()
     assert c["fid"] == pytest.approx(frechet_distance(mu(f_fake), cov(f_fake), mu_ref, sigma_ref), rel=1e-9)
     assert c["sfid"] == a["sfid"] and c["reference_statistics"] == "pool precomputed"
@@ -204,7 +205,7 @@ def test_cli_prints_and_writes_json(tmp_path, capsys, monkeypatch):
     np.savez(tmp_path / "samples.npz", arr_0=fake)
     np.savez(tmp_path / "ref.npz", arr_0=real)
     out = tmp_path / "out" / "result.json"
-    assert ev.main(["--plugin", "image", "--samples", str(tmp_path / "samples.npz"), "--ref", str(tmp_path / "ref.npz"),
+    assert eval_cli.main(["--plugin", "image", "--samples", str(tmp_path / "samples.npz"), "--ref", str(tmp_path / "ref.npz"),
                     "--batch", "5", "--device", "cpu", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     direct = ev.ImageEvaluator(Projection())
@@ -271,7 +272,7 @@ def test_registered_weight_facts():
 
 def run_cli(capsys, *args):
     with pytest.raises(SystemExit) as info:
-        ev.main(list(args))
+        eval_cli.main(list(args))
     err = capsys.readouterr().err.strip()
     assert info.value.code == 2 and len(err.splitlines()) == 1
     return err
@@ -314,8 +315,8 @@ def test_other_bad_inputs(tmp_path, capsys):
     with pytest.raises(DataError, match="b.png is 8x9, expected 8x8"):
         list(ev.FolderImages(folder).batches(4))
 
-    err = run_cli(capsys, "--plugin", "audio", "--samples", str(tmp_path / "s.npz"), "--ref", str(tmp_path / "s.npz"))
-    assert "unknown plugin 'audio'" in err and "known: image" in err
+    err = run_cli(capsys, "--plugin", "nosuch", "--samples", str(tmp_path / "s.npz"), "--ref", str(tmp_path / "s.npz"))
+    assert "unknown plugin 'nosuch'" in err and "image" in err
 
     err = run_cli(capsys, "--samples", str(tmp_path / "s.npz"), "--ref", str(tmp_path / "s.npz"),
                   "--weights", str(tmp_path / "none.pth"))

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from helpers import read_metrics, tiny_vae
-from layersync.cli import sample, train
+from layersync.cli import cache, sample, train
+from layersync.cli import eval as evaluate
 from layersync.train import checkpoint
-from layersync_image import cache, evaluate
 from test_image_eval import random_inception_file, weight_for
 
 RECIPE = Path(__file__).resolve().parents[1] / "packages/layersync-image/src/layersync_image/recipes/sit_b2.yaml"
@@ -54,8 +54,9 @@ def test_imagenet_pipeline_at_toy_scale(tmp_path, monkeypatch, capsys):
     latents, run, fid_dir = tmp_path / "latents", tmp_path / "run", tmp_path / "fid"
 
     # 1. layersync-cache: the folder's SD-VAE latents (image and flip), once
-    cache.main(["--data", str(tmp_path / "images"), "--out", str(latents), "--vae", str(vae),
-                "--image-size", str(SIZE), "--batch", "8", "--shard-size", "10", "--device", "cpu", "--workers", "0"])
+    cache.main(["--plugin", "image", "--data", str(tmp_path / "images"), "--out", str(latents),
+                "--set", f"tokenizer.path={vae}", "--set", f"data.image_size={SIZE}", "--batch", "8",
+                "--shard-size", "10", "--device", "cpu", "--workers", "0"])
     meta = json.loads((latents / "meta.json").read_text())
     assert meta["num_items"] == 2 * PER_CLASS and meta["num_shards"] == 2 and meta["latent_shape"] == LATENT
     assert meta["classes"] == ["class0", "class1"]
@@ -64,7 +65,7 @@ def test_imagenet_pipeline_at_toy_scale(tmp_path, monkeypatch, capsys):
     # 2. layersync-train with the paper's B/2 recipe, shrunk; the recipe expects a 256-px cache
     assert train.main([
         "--plugin", "image", "--config", str(RECIPE), "--out", str(run), "--steps", "3", "--step-mode", "eager",
-        "--set", f"data.path={latents}", "--set", f"data.expect.preprocessing.image_size={SIZE}",
+        "--set", f"data.path={latents}", "--set", f"data.expect.preprocessing.data.image_size={SIZE}",
         "--set", f"tokenizer.path={vae}", "--set", "model.size=T/2", "--layersync", "2:4",
         "--set", "train.batch_size=8", "--set", "train.num_workers=0", "--set", "train.device=cpu",
         "--set", "train.log_every=1", "--set", "train.ckpt_every=3", "--set", "train.sample_every=3",
@@ -101,7 +102,7 @@ def test_imagenet_pipeline_at_toy_scale(tmp_path, monkeypatch, capsys):
     weights = random_inception_file(tmp_path / "inception.pth")
     monkeypatch.setattr("layersync_image.inception.INCEPTION_FID", weight_for(weights))  # its size and SHA-256
     capsys.readouterr()  # drop what the earlier commands printed
-    assert evaluate.main(["--samples", str(fid_dir / "samples.npz"), "--ref", str(tmp_path / "ref.npz"),
+    assert evaluate.main(["--plugin", "image", "--samples", str(fid_dir / "samples.npz"), "--ref", str(tmp_path / "ref.npz"),
                           "--weights", str(weights), "--batch", "16", "--device", "cpu",
                           "--out", str(tmp_path / "eval" / "result.json")]) == 0
     printed = capsys.readouterr().out

@@ -16,7 +16,7 @@ from layersync.cli import sample, train
 from layersync.errors import ConfigError, DataError
 from layersync.objective import LayerSync
 from layersync.plugins import registry
-from layersync_image.cache import latent_cache
+from layersync.cache import latent_cache
 from layersync_image.plugin import RECIPES
 from layersync_image.reference import load_reference_checkpoint
 from layersync_image.sit import SiT, build_sit, parse_size

@@ -6,13 +6,13 @@ import inspect
 
 from layersync.config import options
 from layersync.errors import ConfigError
-from layersync.interfaces import IdentityTokenizer
+from layersync.interfaces import sample_info
 from layersync.objective import FlowObjective, LayerSync
 from layersync.plugins import Registry
 from layersync.sampling import Sampler, SamplerConfig
 
 
-def _call(kind: str, name: str, factory, *args, **kwargs):
+def call(kind: str, name: str, factory, *args, **kwargs):
     """Call a factory, turning an unknown option into a ConfigError naming it."""
     try:
         inspect.signature(factory).bind(*args, **kwargs)
@@ -34,19 +34,26 @@ def modality(registry: Registry, config: dict):
 
 def dataset(registry: Registry, config: dict):
     name, opts = options(config["data"])
-    return _call("dataset", name, lookup(registry, "datasets", name), **opts)
+    return call("dataset", name, lookup(registry, "datasets", name), **opts)
 
 
 def tokenizer(registry: Registry, config: dict):
     name, opts = options(config["tokenizer"])
-    if name == "identity" and not opts:
-        return IdentityTokenizer()
-    return _call("tokenizer", name, lookup(registry, "tokenizers", name), **opts)
+    return call("tokenizer", name, lookup(registry, "tokenizers", name), **opts)
+
+
+def check_compatible(data, tok) -> None:
+    """The data set and the tokenizer must agree on what both state (e.g. the sample rate)."""
+    for key, value in sample_info(tok).items():
+        have = getattr(data, key, None)
+        if have is not None and have != value:
+            raise ConfigError(f"data.{key} is {have} but the tokenizer takes {key} {value}: "
+                              f"set data.{key}={value} (or the tokenizer's {key})")
 
 
 def backbone(registry: Registry, config: dict, input_shape, num_classes: int):
     name, opts = options(config["model"])
-    return _call("backbone", name, lookup(registry, "backbones", name), tuple(input_shape), num_classes, **opts)
+    return call("backbone", name, lookup(registry, "backbones", name), tuple(input_shape), num_classes, **opts)
 
 
 def objective(config: dict) -> FlowObjective:

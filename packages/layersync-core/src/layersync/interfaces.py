@@ -57,11 +57,37 @@ class IdentityTokenizer:
 
 @runtime_checkable
 class Evaluator(Protocol):
-    """Streaming metric: feed batches, then read the numbers."""
+    """Streaming metric: feed batches, then read the numbers.
 
-    def update(self, samples: torch.Tensor, real: bool = False) -> None: ...
+    Factories take ``weights`` (a local file or folder of the feature network, None: the
+    weights folder), ``batch`` and ``device``. An evaluator may also take precomputed
+    reference statistics (``use_reference_statistics(stats)``, arrays by name, e.g. ADM's
+    ``mu``/``sigma``), which then replace the real side, and hand out those of its real
+    side (``reference_statistics() -> dict``) so that they can be stored as an ``.npz``.
+    """
+
+    def update(self, samples, real: bool = False) -> None: ...
 
     def compute(self) -> dict[str, float]: ...
+
+
+@runtime_checkable
+class SampleSet(Protocol):
+    """Samples read from a file or folder for evaluation (``Modality.read_samples``).
+
+    ``batches(size)`` yields what the modality's evaluators' ``update`` takes;
+    ``statistics()`` returns reference statistics stored with the set (``{}`` if none).
+    A set may define ``check_reference(reference)``, raising ``DataError`` when the
+    two cannot be compared (images of other resolutions, say).
+    """
+
+    path: Path
+
+    def __len__(self) -> int: ...
+
+    def batches(self, size: int): ...
+
+    def statistics(self) -> dict: ...
 
 
 @dataclass(frozen=True)
@@ -69,15 +95,35 @@ class Modality:
     """What a plugin offers under ``layersync-train --plugin NAME``.
 
     recipe: the default config file (YAML).
-    save_samples: ``save_samples(x, path_stem) -> Path`` writes decoded
-        samples in the form people look at (PNG grid, WAV, MP4, ...).
-    to_array: ``to_array(x) -> ndarray`` turns decoded samples into the array
-        format the field's evaluation tools read (images: uint8 NHWC, as in
-        ADM's sample files); None keeps the float samples as they are.
+    save_samples: ``save_samples(x, path_stem, info) -> Path`` writes decoded samples in
+        the form people look at (PNG grid, WAV, ...); ``info`` is the tokenizer's
+        ``sample_info`` (e.g. ``{"sample_rate": 16000}``), ``{}`` if it has none.
+    to_array: ``to_array(x) -> ndarray`` turns decoded samples into the array format the
+        field's evaluation tools read (images: uint8 NHWC, as in ADM's sample files);
+        None keeps the float samples as they are.
+    save_items: ``save_items(array, start, folder, info)`` writes each sample of a sample
+        set as a file of its own (audio: ``folder/000123.wav``); None writes none.
+    read_samples: ``read_samples(path) -> SampleSet``, how ``layersync-eval`` reads a
+        samples file or folder and the reference; None: the modality has no evaluation.
+    evaluators: the evaluators ``layersync-eval`` runs unless told otherwise.
+    cache_recipe: the config whose ``data`` and ``tokenizer`` sections ``layersync-cache``
+        encodes with (None: ``recipe``).
+    cache_views: ``cache_views(x) -> [x, ...]``, the versions of a batch a latent cache
+        stores (images: the batch and its horizontal flip); None stores the batch.
     """
 
     name: str
     description: str
     recipe: Path
-    save_samples: Callable[[torch.Tensor, Path], Path]
+    save_samples: Callable[[torch.Tensor, Path, dict], Path]
     to_array: Callable[[torch.Tensor], np.ndarray] | None = None
+    save_items: Callable[[np.ndarray, int, Path, dict], None] | None = None
+    read_samples: Callable[[Path], SampleSet] | None = None
+    evaluators: tuple[str, ...] = ()
+    cache_recipe: Path | None = None
+    cache_views: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
+
+
+def sample_info(tokenizer) -> dict:
+    """What writing a decoded sample needs to know from the tokenizer (e.g. its sample rate)."""
+    return dict(getattr(tokenizer, "sample_info", None) or {})

@@ -139,6 +139,10 @@ class ImageFolderDataset(_Images):
     def _image(self, i) -> Image.Image:
         return self.decode(self.items[i][0], str(self.items[i][0]))
 
+    def sources(self) -> tuple[Path, list[Path]]:
+        """The folder and the image files the items come from (a latent cache fingerprints them)."""
+        return self.root, [path for path, _ in self.items]
+
     def __len__(self):
         return len(self.items)
 
@@ -247,6 +251,10 @@ class ParquetImageDataset(_Images):
             raise DataError(f"cannot read image {where}: the row holds no image bytes")
         return self.decode(cell["bytes"], where)
 
+    def sources(self) -> tuple[Path, list[Path]]:
+        """The folder and the Parquet files the items come from (a latent cache fingerprints them)."""
+        return self.files[0].parent, list(self.files)
+
     def __getstate__(self):  # open files and the cached row group stay behind when sent to a worker
         return {**self.__dict__, "_files": {}, "_group": (None, None)}
 
@@ -275,3 +283,8 @@ def build_images(path: str | None = None, image_size: int = 16, channels: int = 
     if is_parquet(path):
         return ParquetImageDataset(path, image_size, channels, hflip, on_error)
     return ImageFolderDataset(path, image_size, channels, hflip, on_error)
+
+
+def with_flip(x: torch.Tensor) -> list[torch.Tensor]:
+    """The views a latent cache stores of an image batch: the images and their horizontal flips."""
+    return [x, x.flip(-1)]

@@ -1,14 +1,13 @@
-"""layersync-eval: FID, sFID, Inception Score, precision and recall of image samples, as ADM reports them.
+"""FID, sFID, Inception Score, precision and recall of image samples, as ADM reports them.
 
-Samples are an ADM-format ``.npz`` (``arr_0``: uint8 NHWC). The reference is
-an ADM reference batch ``.npz`` (``arr_0``, and optionally precomputed
-``mu``/``sigma``/``mu_s``/``sigma_s``, which then give FID/sFID) or a folder
-of images at the samples' resolution.
+``layersync-eval --plugin image`` reads samples and reference with ``open_images``: an
+ADM-format ``.npz`` (``arr_0``: uint8 NHWC; a reference batch may also hold precomputed
+``mu``/``sigma``/``mu_s``/``sigma_s``, which then give FID/sFID) or a folder of images,
+both at one resolution.
 """
 
 from __future__ import annotations
 
-import logging
 import zipfile
 from pathlib import Path
 
@@ -18,16 +17,10 @@ import torch.distributed as dist
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from layersync.cli.common import Parser, entry_point
-from layersync.errors import ConfigError, DataError
-from layersync.files import write_json
+from layersync.errors import DataError
 from layersync.metrics import GaussianStats, frechet_distance
-from layersync.train.distributed import pick_device
 from layersync_image.inception import RESIZE_MODE, SPATIAL_CHANNELS, load_inception
 
-log = logging.getLogger("layersync")
-
-PLUGINS = ("image",)
 POOL_DIM, SPATIAL_DIM = 2048, SPATIAL_CHANNELS * 17 * 17
 NPZ_LAYOUT = "an .npz whose arr_0 holds uint8 images (N, H, W, 3) (ADM's layout)"
 
@@ -134,12 +127,24 @@ class ImageEvaluator:
         self.sides = {False: _Side(), True: _Side()}
         self.reference = {}
 
-    def use_reference_statistics(self, mu=None, sigma=None, mu_s=None, sigma_s=None) -> None:
-        """Precomputed reference Gaussians (an ADM reference batch's) replace those of the real images."""
-        if mu is not None:
-            self.reference["pool"] = (np.asarray(mu, np.float64), np.asarray(sigma, np.float64))
-        if mu_s is not None:
-            self.reference["spatial"] = (np.asarray(mu_s, np.float64), np.asarray(sigma_s, np.float64))
+    @property
+    def weights_path(self):
+        return self.network.weights_path
+
+    def use_reference_statistics(self, stats: dict) -> None:
+        """Precomputed reference Gaussians (an ADM reference batch's ``mu``, ``sigma``, ``mu_s``,
+        ``sigma_s``) replace those of the real images."""
+        for name, (mu, sigma) in {"pool": ("mu", "sigma"), "spatial": ("mu_s", "sigma_s")}.items():
+            if mu in stats:
+                self.reference[name] = (np.asarray(stats[mu], np.float64), np.asarray(stats[sigma], np.float64))
+
+    def reference_statistics(self) -> dict:
+        """The real images' Gaussians under ADM's names, to store beside (or instead of) a reference batch."""
+        real = self.sides[True]
+        if real.count < 2:
+            raise DataError(f"reference statistics need at least 2 reference images, got {real.count}")
+        pool, spatial = _summed(real.pool), _summed(real.spatial)
+        return {"mu": pool.mean, "sigma": pool.cov, "mu_s": spatial.mean, "sigma_s": spatial.cov}
 
     @torch.no_grad()
     def update(self, images, real: bool = False) -> None:
@@ -177,6 +182,12 @@ class ImageEvaluator:
 
 
 # ---------------------------------------------------------------- input files
+
+
+def same_resolution(samples, reference) -> None:
+    if samples.shape[1:3] != reference.shape[1:3]:
+        raise DataError(f"reference {reference.path} holds {reference.shape[2]}x{reference.shape[1]} images, the samples "
+                        f"{samples.path} {samples.shape[2]}x{samples.shape[1]}: expected the same resolution")
 
 
 class NpzImages:
@@ -246,6 +257,8 @@ class NpzImages:
                 raise DataError(f"{self.path}: {key} has shape {value.shape}, expected {expected[key]} for the FID Inception")
         return found
 
+    check_reference = same_resolution
+
 
 class FolderImages:
     """Image files under a folder (searched recursively, sorted), all of one size."""
@@ -280,56 +293,9 @@ class FolderImages:
     def statistics(self) -> dict:
         return {}
 
+    check_reference = same_resolution
+
 
 def open_images(path: str | Path):
+    """The ``read_samples`` of the image modality: a folder of images or an ADM-format .npz."""
     return FolderImages(path) if Path(path).is_dir() else NpzImages(path)
-
-
-# ---------------------------------------------------------------- the command
-
-
-def parser() -> Parser:
-    p = Parser(prog="layersync-eval", description=__doc__)
-    p.add_argument("--plugin", default="image", help=f"the modality (known here: {', '.join(PLUGINS)})")
-    p.add_argument("--samples", required=True, help="ADM-format .npz of samples (arr_0: uint8 NHWC)")
-    p.add_argument("--ref", required=True, help="ADM reference batch .npz, or a folder of images at the samples' resolution")
-    p.add_argument("--weights", help="the FID Inception weight file (default: the weights folder, see `layersync weights`)")
-    p.add_argument("--batch", type=int, default=50, help="images per Inception forward pass")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--out", help="also write the numbers to this JSON file")
-    return p
-
-
-def evaluate(samples, reference, evaluator: ImageEvaluator, batch: int) -> dict:
-    for name, images, real in (("reference", reference, True), ("samples", samples, False)):
-        log.info("%s: %d images from %s", name, len(images), images.path)
-        for chunk in images.batches(batch):
-            evaluator.update(chunk, real=real)
-    return evaluator.compute()
-
-
-@entry_point("layersync-eval")
-def main(argv=None):
-    args = parser().parse_args(argv)
-    if args.plugin not in PLUGINS:
-        raise ConfigError(f"unknown plugin '{args.plugin}' for this layersync-eval (known: {', '.join(PLUGINS)})")
-    if args.batch < 1:
-        raise ConfigError(f"--batch must be at least 1, got {args.batch}")
-    samples, reference = NpzImages(args.samples), open_images(args.ref)
-    if samples.shape[1:3] != reference.shape[1:3]:
-        raise DataError(f"reference {reference.path} holds {reference.shape[2]}x{reference.shape[1]} images, the samples "
-                        f"{samples.path} {samples.shape[2]}x{samples.shape[1]}: expected the same resolution")
-    statistics = reference.statistics()
-    evaluator = ImageEvaluator(weights=args.weights, batch=args.batch, device=pick_device(args.device))
-    evaluator.use_reference_statistics(**statistics)
-    result = evaluate(samples, reference, evaluator, args.batch)
-    result.update(samples=str(samples.path), ref=str(reference.path), weights=str(evaluator.network.weights_path))
-    for key, value in result.items():
-        print(f"{key}: {value:.6g}" if isinstance(value, float) else f"{key}: {value}")
-    if args.out:
-        write_json(args.out, result)
-    return 0
-
-
-if __name__ == "__main__":
-    main()

@@ -15,7 +15,7 @@ from layersync.files import atomic
 MIN_CELL = 64  # small images are enlarged (nearest) so the grid can be looked at
 
 
-def save_grid(x: torch.Tensor, stem: Path) -> Path:
+def save_grid(x: torch.Tensor, stem: Path, info: dict | None = None) -> Path:
     """Samples in [-1, 1], (N, C, H, W) -> ``stem.png``, a near-square grid."""
     if x.shape[-1] < MIN_CELL:
         x = F.interpolate(x, scale_factor=math.ceil(MIN_CELL / x.shape[-1]), mode="nearest")

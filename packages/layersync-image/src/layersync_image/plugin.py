@@ -4,8 +4,8 @@ from pathlib import Path
 
 from layersync import IdentityTokenizer, Modality, hookimpl
 
-from layersync_image.cache import latent_cache
-from layersync_image.data import DigitsDataset, ParquetImageDataset, build_images
+from layersync_image.data import DigitsDataset, ParquetImageDataset, build_images, with_flip
+from layersync_image.evaluate import open_images
 from layersync_image.inception import INCEPTION_FID
 from layersync_image.output import save_grid, to_uint8_nhwc
 from layersync_image.sit import build_sit
@@ -23,14 +23,17 @@ def layersync_modalities():
             recipe=RECIPES / "digits.yaml",
             save_samples=save_grid,
             to_array=to_uint8_nhwc,
+            read_samples=open_images,
+            evaluators=("image",),
+            cache_recipe=RECIPES / "cache_sd_vae.yaml",
+            cache_views=with_flip,
         )
     }
 
 
 @hookimpl
 def layersync_datasets():
-    return {"imagefolder": build_images, "digits": DigitsDataset, "latent-cache": latent_cache,
-            "parquet": ParquetImageDataset}
+    return {"imagefolder": build_images, "digits": DigitsDataset, "parquet": ParquetImageDataset}
 
 
 @hookimpl

@@ -6,17 +6,8 @@ import torch
 import torch.nn as nn
 from timm.layers import PatchEmbed
 
-from layersync.nn import LabelEmbedder, TimestepEmbedder, Trunk, sincos_pos_embed
+from layersync.nn import SIZES, LabelEmbedder, TimestepEmbedder, Trunk, sincos_pos_embed
 
-# name -> (depth, hidden, heads), the SiT/DiT paper sizes plus tiny CPU ones.
-SIZES = {
-    "T": (6, 128, 4),
-    "XS": (8, 256, 4),
-    "S": (12, 384, 6),
-    "B": (12, 768, 12),
-    "L": (24, 1024, 16),
-    "XL": (28, 1152, 16),
-}
 PATCHES = (1, 2, 4, 8)
 
 

@@ -8,8 +8,10 @@ ending in "/"), e.g. the 50,000 samples of FID-50K, runs under torchrun too:
 batches are shared out across ranks and written to DIR/parts/ as they finish,
 so a run that stops resumes where it stopped. At the end DIR/samples.npz holds
 ``arr_0`` (the modality's array format, e.g. uint8 NHWC images, as ADM's
-evaluation suite reads them) and ``arr_1`` (the labels: every class equally
-often, in an order shuffled with the seed), and DIR/samples.png the first 64.
+evaluation suite reads them), ``arr_1`` (the labels: every class equally
+often, in an order shuffled with the seed) and what reading the samples needs
+(audio: ``sample_rate``), and DIR/samples.png the first 64. A modality may also
+write each sample as a file of its own as it goes (audio: DIR/wav/000123.wav).
 DIR/manifest.json records what was sampled; resuming with other settings is
 refused.
 
@@ -39,7 +41,7 @@ from layersync import config as configuration
 from layersync.cli.common import Parser, choice, entry_point, sit_size
 from layersync.errors import ConfigError, DataError
 from layersync.files import atomic, write_json
-from layersync.interfaces import Modality
+from layersync.interfaces import Modality, sample_info
 from layersync.plugins import registry
 from layersync.sampling import DIFFUSION_FORMS, LAST_STEPS, Sampler, seeded_samples
 from layersync.train import checkpoint, distributed
@@ -221,9 +223,10 @@ def preview(model: Model, args, out: Path) -> None:
     pool = classes(args, model.num_classes)
     labels = pool[np.arange(n) % len(pool)]
     x = torch.cat([model.draw(s, labels[s:s + args.batch], args.seed) for s in range(0, n, args.batch)])
-    picture = model.modality.save_samples(x, out)
+    info = sample_info(model.tokenizer)
+    picture = model.modality.save_samples(x, out, info)
     with atomic(out.with_suffix(".npz")) as tmp, open(tmp, "wb") as f:
-        np.savez(f, samples=x.numpy(), cond=labels)
+        np.savez(f, samples=x.numpy(), cond=labels, **info)
     log.info("%d samples from %s (step %d): %s, %s", n, model.path, model.step, picture, out.with_suffix(".npz"))
 
 
@@ -242,6 +245,7 @@ def manifest_of(model: Model, args) -> dict:
         "cond": args.cond or None,
         "sample": sample,
         "array": f"{to_array.__module__}.{to_array.__qualname__}" if to_array else "float32",
+        "sample_info": sample_info(model.tokenizer),
         "batch": args.batch if batch_dependent else None,
     }
     return json.loads(json.dumps(manifest))
@@ -323,8 +327,11 @@ def sample_set(model: Model, args, out: Path, env: distributed.Dist) -> None:
     with tqdm(total=sum(e - s for s, e in mine), unit="sample", desc=desc, disable=not env.main) as bar:
         for start, end in mine:
             x = model.draw(start, labels[start:end], args.seed)
+            array = to_array(x)
+            if model.modality.save_items:  # one file per sample (audio: WAV), before the part marks it done
+                model.modality.save_items(array, start, out, sample_info(model.tokenizer))
             write_part(parts_dir, start, end, {
-                "index": np.arange(start, end), "label": labels[start:end], "array": to_array(x),
+                "index": np.arange(start, end), "label": labels[start:end], "array": array,
                 "preview": x[: max(0, PREVIEW - start)].numpy(),
             })
             bar.update(end - start)
@@ -372,7 +379,11 @@ def assemble(parts_dir: Path, final: Path, labels: np.ndarray, model: Model) -> 
             if model.num_classes:  # ADM writes labels for class-conditional models only
                 with zf.open("arr_1.npy", "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, labels)
-        picture = model.modality.save_samples(torch.cat(shown), final.with_suffix(""))
+            info = sample_info(model.tokenizer)
+            for key, value in info.items():  # what reading the samples needs, e.g. the sample rate
+                with zf.open(f"{key}.npy", "w") as f:
+                    np.lib.format.write_array(f, np.asarray(value))
+        picture = model.modality.save_samples(torch.cat(shown), final.with_suffix(""), info)
     for _, _, path in parts:
         path.unlink()
     for leftover in parts_dir.glob("part_*.npz.tmp"):  # from batches a killed run had begun

@@ -13,6 +13,16 @@ import torch.nn as nn
 from timm.layers import Mlp
 from timm.models.vision_transformer import Attention
 
+# name -> (depth, hidden, heads): the DiT/SiT paper sizes plus tiny CPU ones.
+SIZES = {
+    "T": (6, 128, 4),
+    "XS": (8, 256, 4),
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+}
+
 
 def modulate(x, shift, scale):
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)

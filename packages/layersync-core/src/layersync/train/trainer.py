@@ -14,6 +14,7 @@ from tqdm import tqdm
 from layersync import build
 from layersync.config import DEFAULTS, dump, flatten, read_yaml
 from layersync.errors import ConfigError
+from layersync.interfaces import sample_info
 from layersync.plugins import Registry, registry as default_registry
 from layersync.sampling import derive_seed, seeded_samples
 from layersync.train import checkpoint, distributed
@@ -74,6 +75,7 @@ class Trainer:
         self.modality = build.modality(self.registry, config)
         self.dataset = build.dataset(self.registry, config)
         self.tokenizer = build.tokenizer(self.registry, config)
+        build.check_compatible(self.dataset, self.tokenizer)
         # A dataset of cached latents is already in model space and says so with `encoded = True`.
         self.encoded = bool(getattr(self.dataset, "encoded", False))
         shape = tuple(self.dataset.sample_shape)
@@ -170,7 +172,7 @@ class Trainer:
         # `layersync-sample --ckpt RUN --seed SEED` draws from the EMA weights
         z = seeded_samples(self.sampler, self.ema.model, self.input_shape, cond, self.config["seed"])
         x = self.tokenizer.decode(z).float().cpu()
-        return self.modality.save_samples(x, self.out / "samples" / f"step_{self.step:07d}")
+        return self.modality.save_samples(x, self.out / "samples" / f"step_{self.step:07d}", sample_info(self.tokenizer))
 
     # ---- loop --------------------------------------------------------------------
     def fit(self) -> dict:

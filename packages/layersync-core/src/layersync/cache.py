@@ -1,11 +1,13 @@
-"""Latents of an image folder computed once: the ``layersync-cache`` command and the data set reading them.
+"""Tokenizer outputs computed once: the latent cache that ``layersync-cache`` writes and training reads.
 
 A cache folder holds ``meta.json`` and shards ``shard_00000.safetensors``, ... Each shard
-stores, for up to ``shard_size`` consecutive images of the data set (ImageFolder or parquet order),
-the SD-VAE posterior ``mean`` and ``std`` (unscaled, float32, shape (N, 2, C, h, w):
-index 0 the centre-cropped image, 1 its horizontal flip) and the class ``label``.
-Training then draws z = scale * (mean + std * eps), exactly what encoding online does.
-``meta.json`` carries a fingerprint of the inputs (the image files, the VAE, the
+stores, for up to ``shard_size`` consecutive items of the data set (in its order), the
+tokenizer's output for each of the modality's views of the item (images: the item and its
+horizontal flip), shape (N, views, *latent shape), and the class ``label``. A tokenizer
+that encodes to a distribution (``moments`` and ``scale``, e.g. a VAE) has its unscaled
+posterior ``mean`` and ``std`` stored, and training draws z = scale * (mean + std * eps),
+exactly what encoding online does; any other tokenizer has its output stored as ``mean``.
+``meta.json`` carries a fingerprint of the inputs (the data files, the tokenizer, the
 preprocessing, the shard size); a cache is only ever completed with the same inputs.
 """
 
@@ -16,6 +18,7 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -23,39 +26,34 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from layersync.cli.common import Parser, entry_point
 from layersync.errors import ConfigError, DataError
 from layersync.files import atomic, write_json
 from layersync.train import distributed
-from layersync_image.data import ImageFolderDataset, ParquetImageDataset, build_images
-from layersync_image.vae import SD_SCALE, SDVAETokenizer, load_vae, vae_fingerprint
 
 log = logging.getLogger("layersync")
 
-FORMAT = 1
+FORMAT = 2
 META = "meta.json"
-CROP = "adm-center"  # layersync_image.data.center_crop
-PARTS = {"data": "the images", "vae": "the VAE", "preprocessing": "the preprocessing", "layout": "the shard size"}
+PARTS = {"data": "the data", "tokenizer": "the tokenizer", "preprocessing": "the preprocessing",
+         "layout": "the shard size"}
+
+Views = Callable[[torch.Tensor], list[torch.Tensor]]
 
 
 def shard_name(index: int) -> str:
     return f"shard_{index:05d}.safetensors"
 
 
-def source_files(dataset: ImageFolderDataset | ParquetImageDataset) -> tuple[Path, list[Path]]:
-    """The folder and the files the items come from (images, or parquet shards)."""
-    if isinstance(dataset, ParquetImageDataset):
-        return dataset.files[0].parent, list(dataset.files)
-    return dataset.root, [path for path, _ in dataset.items]
-
-
-def data_fingerprint(dataset: ImageFolderDataset | ParquetImageDataset) -> dict:
+def data_fingerprint(dataset) -> dict:
     """The item count, and hashes of the sorted relative source paths, alone and with sizes and mtimes."""
-    root, files = source_files(dataset)
+    if not hasattr(dataset, "sources"):
+        raise ConfigError(f"{type(dataset).__name__} cannot be cached: it does not say which files it reads "
+                          "(a data set needs sources() -> (root, files))")
+    root, files = dataset.sources()
     names, stats = hashlib.sha256(), hashlib.sha256()
     for path in files:
-        relative = path.relative_to(root).as_posix()
-        info = path.stat()
+        relative = Path(path).relative_to(root).as_posix()
+        info = Path(path).stat()
         names.update(f"{relative}\n".encode())
         stats.update(f"{relative}\t{info.st_size}\t{info.st_mtime_ns}\n".encode())
     return {"files": len(dataset), "names_sha256": names.hexdigest(), "stats_sha256": stats.hexdigest()}
@@ -93,7 +91,8 @@ def read_meta(path: Path) -> dict:
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {file}: {exc}") from None
     if meta.get("format") != FORMAT:
-        raise DataError(f"{file} has cache format {meta.get('format')!r}, this version reads format {FORMAT}")
+        raise DataError(f"{file} has cache format {meta.get('format')!r}, this version reads format {FORMAT} "
+                        "(make the cache again with layersync-cache)")
     return meta
 
 
@@ -117,7 +116,14 @@ def _check_existing(out: Path, fingerprint: dict) -> bool:
     return False
 
 
-def _encode_shards(dataset, tokenizer, meta, out: Path, env, batch: int, workers: int) -> int:
+def _encoder(tokenizer):
+    """``x -> (mean, std or None)``, float32 on the input's device."""
+    if hasattr(tokenizer, "moments"):
+        return tokenizer.moments
+    return lambda x: (tokenizer.encode(x).float(), None)
+
+
+def _encode_shards(dataset, tokenizer, views: Views, meta, out: Path, env, batch: int, workers: int) -> int:
     """Encode this rank's missing shards (i % world == rank); returns how many it wrote."""
     pending = [i for i in range(meta["num_shards"]) if i % env.world == env.rank and not (out / shard_name(i)).exists()]
     batches = []  # index lists that never cross a shard boundary
@@ -125,117 +131,103 @@ def _encode_shards(dataset, tokenizer, meta, out: Path, env, batch: int, workers
         rows = _shard_range(i, meta)
         batches += [list(rows[s : s + batch]) for s in range(0, len(rows), batch)]
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=env.device.type == "cuda")
-    log.info("rank %d: %d of %d shards to encode (%d images)", env.rank, len(pending), meta["num_shards"],
+    log.info("rank %d: %d of %d shards to encode (%d items)", env.rank, len(pending), meta["num_shards"],
              sum(map(len, batches)))
-    bar = tqdm(total=sum(map(len, batches)), unit="img", disable=not env.main, dynamic_ncols=True,
+    bar = tqdm(total=sum(map(len, batches)), unit="item", disable=not env.main, dynamic_ncols=True,
                desc=f"encoding (rank 0 of {env.world})" if env.world > 1 else "encoding")
-    means, stds, labels = [], [], []
-    for rows, (x, y) in zip(batches, loader):
-        x = x.to(env.device, non_blocking=True)
-        mean, std = tokenizer.moments(torch.cat([x, x.flip(-1)]))  # the image and its horizontal flip
-        n = len(x)
-        means.append(torch.stack([mean[:n], mean[n:]], 1).cpu())
-        stds.append(torch.stack([std[:n], std[n:]], 1).cpu())
-        labels.append(y.long())
-        shard = rows[0] // meta["shard_size"]
-        if rows[-1] == _shard_range(shard, meta)[-1]:  # the shard's last batch
-            tensors = {"mean": torch.cat(means), "std": torch.cat(stds), "label": torch.cat(labels)}
-            with atomic(out / shard_name(shard)) as tmp:
-                save_file(tensors, str(tmp))
-            means, stds, labels = [], [], []
-        bar.update(n)
+    encode = _encoder(tokenizer)
+    stored: dict[str, list] = {"mean": [], "std": [], "label": []}
+    with torch.no_grad():
+        for rows, (x, y) in zip(batches, loader):
+            x = x.to(env.device, non_blocking=True)
+            n = len(x)
+            mean, std = encode(torch.cat(views(x)))  # all views of the batch in one pass
+            stored["mean"].append(torch.stack(mean.split(n), 1).cpu())
+            if std is not None:
+                stored["std"].append(torch.stack(std.split(n), 1).cpu())
+            stored["label"].append(torch.as_tensor(y).long())
+            shard = rows[0] // meta["shard_size"]
+            if rows[-1] == _shard_range(shard, meta)[-1]:  # the shard's last batch
+                tensors = {key: torch.cat(parts).contiguous() for key, parts in stored.items() if parts}
+                with atomic(out / shard_name(shard)) as tmp:
+                    save_file(tensors, str(tmp))
+                stored = {key: [] for key in stored}
+            bar.update(n)
     bar.close()
     return len(pending)
 
 
-def write_cache(data: str, out: str, vae: str | None = None, variant: str = "ema", image_size: int = 256,
+def write_cache(dataset, tokenizer, out: str | Path, *, preprocessing: dict, views: Views | None = None,
                 batch: int = 64, shard_size: int = 1024, device: str = "auto", workers: int = 0) -> dict:
-    """Encode ``data`` (an ImageFolder tree or parquet shards) into the cache folder ``out``.
+    """Encode every item of ``dataset`` (and its ``views``) with ``tokenizer`` into the cache folder ``out``.
 
-    Resumes where it stopped; shards are shared out across ranks under torchrun.
+    ``preprocessing``: what else decides the latents (the data options), recorded in the
+    fingerprint. Resumes where it stopped; shards are shared out across ranks under torchrun.
     """
-    if batch < 1 or shard_size < 1 or image_size < 1:
-        raise ConfigError(
-            f"--batch, --shard-size and --image-size must be positive, got {batch}, {shard_size}, {image_size}"
-        )
+    if batch < 1 or shard_size < 1:
+        raise ConfigError(f"--batch and --shard-size must be positive, got {batch} and {shard_size}")
+    if not hasattr(tokenizer, "fingerprint"):
+        raise ConfigError(f"tokenizer {type(tokenizer).__name__} cannot be cached: it has no fingerprint() "
+                          "(an identity tokenizer has nothing to cache)")
+    views = views or (lambda x: [x])
     env = distributed.setup(device)
     try:
-        dataset = build_images(data, image_size, channels=3, hflip=False)
-        model = load_vae(vae, variant)
+        stochastic = hasattr(tokenizer, "moments")
         fingerprint = {
             "data": data_fingerprint(dataset),
-            "vae": vae_fingerprint(model),
-            "preprocessing": {"image_size": image_size, "crop": CROP, "flips": True, "scale": SD_SCALE},
+            "tokenizer": json.loads(json.dumps(tokenizer.fingerprint())),
+            "preprocessing": {**json.loads(json.dumps(preprocessing)),
+                              "scale": float(tokenizer.scale) if stochastic else 1.0},
             "layout": {"shard_size": shard_size},
         }
-        tokenizer = SDVAETokenizer(model, SD_SCALE, env.device)
         out_dir = Path(out)
         existing = _check_existing(out_dir, fingerprint)
         distributed.barrier(env)  # every rank has checked before rank 0 writes
         if env.main and not existing:
             out_dir.mkdir(parents=True, exist_ok=True)
+            num_views = len(views(torch.zeros(1, *dataset.sample_shape)))
             meta = {
                 "format": FORMAT,
                 "fingerprint": fingerprint,
                 "num_items": len(dataset),
                 "shard_size": shard_size,
                 "num_shards": math.ceil(len(dataset) / shard_size),
-                "latent_shape": list(tokenizer.latent_shape(dataset.sample_shape)),
-                "classes": dataset.classes,  # names; None for parquet without Hugging Face metadata
-                "num_classes": dataset.num_classes,
-                "source": str(Path(data).resolve()),
+                "views": num_views,
+                "stochastic": stochastic,
+                "latent_shape": list(tokenizer.latent_shape(tuple(dataset.sample_shape))),
+                "classes": getattr(dataset, "classes", None),
+                "num_classes": int(getattr(dataset, "num_classes", 0)),
             }
             write_json(out_dir / META, meta)
         distributed.barrier(env)
         meta = read_meta(out_dir)
-        written = _encode_shards(dataset, tokenizer, meta, out_dir, env, batch, workers)
+        written = _encode_shards(dataset, tokenizer, views, meta, out_dir, env, batch, workers)
         distributed.barrier(env)
         if env.main:
-            log.info("latent cache %s: %d images in %d shards (%d written by rank 0)", out_dir, meta["num_items"],
+            log.info("latent cache %s: %d items in %d shards (%d written by rank 0)", out_dir, meta["num_items"],
                      meta["num_shards"], written)
         return meta
     finally:
         distributed.teardown(env)
 
 
-@entry_point("layersync-cache")
-def main(argv=None):
-    parser = Parser(prog="layersync-cache",
-                    description="Precompute SD-VAE latents (image and flip) of an ImageFolder or parquet data set.")
-    parser.add_argument("--plugin", default="image", choices=["image"], help="the modality (image)")
-    parser.add_argument("--data", required=True, help="ImageFolder root (root/<class>/<image>), or Hugging Face parquet shards")
-    parser.add_argument("--out", required=True, help="the cache folder (created, or resumed)")
-    parser.add_argument("--vae", default=None,
-                        help="local AutoencoderKL folder (default: $LAYERSYNC_WEIGHTS_DIR/sd-vae-ft-<variant>)")
-    parser.add_argument("--variant", default="ema", choices=["ema", "mse"],
-                        help="SD-VAE variant for the default folder")
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=64,
-                        help="images per encoder batch (each is encoded with its flip)")
-    parser.add_argument("--shard-size", type=int, default=1024, help="images per shard file")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    parser.add_argument("--workers", type=int, default=4, help="data loader processes")
-    args = parser.parse_args(argv)
-    write_cache(args.data, args.out, args.vae, args.variant, args.image_size, args.batch, args.shard_size,
-                args.device, args.workers)
-
-
 # ---- reading ------------------------------------------------------------------------------------
 
 
 class LatentCacheDataset(Dataset):
-    """``(z, label)`` from a latent cache, z = scale * (mean + std * eps) of the image or its flip.
+    """``(z, label)`` from a latent cache: a random view, z = scale * (mean + std * eps) (or the stored output).
 
-    The flip and eps are drawn from torch's global RNG (seeded per DataLoader
-    worker). Labels are read up front; latent moments are read per item from
-    the memory-mapped shards, so a cache larger than memory works.
-    ``expect``: fingerprint parts the cache must have, e.g.
-    ``{"preprocessing": {"image_size": 256}}``; a difference is a DataError.
+    The view and eps are drawn from torch's global RNG (seeded per DataLoader worker).
+    Labels are read up front; latents per item from the memory-mapped shards, so a
+    cache larger than memory works. ``expect``: fingerprint parts the cache must have,
+    e.g. ``{"preprocessing": {"data": {"image_size": 256}}}``; a difference is a DataError.
     """
 
     encoded = True
 
     def __init__(self, path: str, expect: dict | None = None):
+        if path is None:
+            raise ConfigError("data.path must name a latent cache folder (made with layersync-cache); set --data")
         self.path = Path(path)
         meta = read_meta(self.path)
         diffs = differences(meta["fingerprint"], expect or {})
@@ -249,6 +241,7 @@ class LatentCacheDataset(Dataset):
                 "the same arguments to complete it"
             )
         self.shard_size, self.scale = meta["shard_size"], meta["fingerprint"]["preprocessing"]["scale"]
+        self.views, self.stochastic = meta["views"], meta["stochastic"]
         self.sample_shape = tuple(meta["latent_shape"])
         self.classes, self.num_classes = meta["classes"], meta["num_classes"]
         self.labels = torch.cat([self._read_labels(i, meta) for i in range(meta["num_shards"])])
@@ -260,11 +253,14 @@ class LatentCacheDataset(Dataset):
         try:
             with safe_open(str(file), "pt") as f:
                 labels, shape = f.get_tensor("label"), f.get_slice("mean").get_shape()
+                has_std = "std" in f.keys()
         except (SafetensorError, OSError, KeyError) as exc:
             raise DataError(f"cannot read shard {file}: {exc}") from None
-        if len(labels) != rows or shape != [rows, 2, *meta["latent_shape"]]:
-            raise DataError(f"shard {file} holds {len(labels)} rows of latents {shape[1:]}, expected {rows} rows of "
-                            f"[2, {', '.join(map(str, meta['latent_shape']))}]")
+        expected = [rows, meta["views"], *meta["latent_shape"]]
+        if len(labels) != rows or shape != expected or has_std != meta["stochastic"]:
+            raise DataError(f"shard {file} holds {len(labels)} rows of latents {shape[1:]}"
+                            f"{' with' if has_std else ' without'} std, expected {rows} rows of {expected[1:]}"
+                            f"{' with' if meta['stochastic'] else ' without'} std")
         return labels
 
     def __getstate__(self):  # open files stay behind when the data set is sent to a worker
@@ -280,16 +276,13 @@ class LatentCacheDataset(Dataset):
         if shard not in self._shards:
             self._shards[shard] = safe_open(str(self.path / shard_name(shard)), "pt")
         file = self._shards[shard]
-        flip = int(torch.randint(2, (1,)))
-        mean, std = file.get_slice("mean")[row, flip], file.get_slice("std")[row, flip]
-        return (mean + std * torch.randn_like(mean)) * self.scale, int(self.labels[i])
+        view = int(torch.randint(self.views, (1,)))
+        z = file.get_slice("mean")[row, view]
+        if self.stochastic:
+            z = z + file.get_slice("std")[row, view] * torch.randn_like(z)
+        return z * self.scale, int(self.labels[i])
 
 
-def latent_cache(path: str, expect: dict | None = None) -> LatentCacheDataset:
+def latent_cache(path: str | None = None, expect: dict | None = None) -> LatentCacheDataset:
     """Dataset factory (registry name ``latent-cache``)."""
     return LatentCacheDataset(path, expect)
-    return 0
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,1 @@
+"""LayerSync's audio modality: audio folders, log-mel and VAE latents, a 1-D SiT, FAD."""

@@ -1,0 +1,61 @@
+"""The audio modality, registered through the ``layersync`` entry point."""
+
+from pathlib import Path
+
+from layersync import Modality, hookimpl
+
+from layersync_audio.data import AudioDataset
+from layersync_audio.output import save_audio, save_wavs
+from layersync_audio.samples import read_samples
+from layersync_audio.tokenizers import mel, oobleck
+from layersync_audio.vggish import VGGISH
+
+RECIPES = Path(__file__).parent / "recipes"
+
+
+@hookimpl
+def layersync_modalities():
+    return {
+        "audio": Modality(
+            name="audio",
+            description="audio clips with a 1-D SiT on log-mel or Stable Audio Open VAE latents",
+            recipe=RECIPES / "spoken_digits.yaml",
+            save_samples=save_audio,
+            save_items=save_wavs,
+            read_samples=read_samples,
+            evaluators=("fad-vggish", "fad-clap"),
+            cache_recipe=RECIPES / "cache_oobleck.yaml",
+        )
+    }
+
+
+@hookimpl
+def layersync_datasets():
+    return {"audiofolder": AudioDataset}
+
+
+@hookimpl
+def layersync_tokenizers():
+    return {"mel": mel, "oobleck": oobleck}
+
+
+def fad_vggish(**options):
+    from layersync_audio.fad import fad_vggish as build  # torchaudio's resampler only when evaluating
+
+    return build(**options)
+
+
+def fad_clap(**options):
+    from layersync_audio.fad import fad_clap as build  # transformers only when evaluating
+
+    return build(**options)
+
+
+@hookimpl
+def layersync_evaluators():
+    return {"fad-vggish": fad_vggish, "fad-clap": fad_clap}
+
+
+@hookimpl
+def layersync_weights():
+    return {VGGISH.name: VGGISH}

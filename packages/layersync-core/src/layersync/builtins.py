@@ -1,0 +1,21 @@
+"""What core itself contributes, registered through the same entry-point door as every plugin."""
+
+from layersync import hookimpl
+from layersync.cache import latent_cache
+from layersync.interfaces import IdentityTokenizer
+from layersync.nn import build_sit1d
+
+
+@hookimpl
+def layersync_datasets():
+    return {"latent-cache": latent_cache}
+
+
+@hookimpl
+def layersync_tokenizers():
+    return {"identity": IdentityTokenizer}
+
+
+@hookimpl
+def layersync_backbones():
+    return {"sit1d": build_sit1d}
