@@ -20,6 +20,10 @@ class Backbone(Protocol):
     where ``h_k`` is the output of block ``k`` (1-based), shape (B, T, D).
     ``drop_cond(cond, drop)`` replaces the condition of the rows where the
     boolean mask ``drop`` is true by the null condition (label dropout, CFG).
+    ``cond`` is a tensor (labels) or a dict of tensors (``layersync.trees``).
+    A backbone for data sets that yield ``(x, cond, mask)`` also takes
+    ``forward(..., mask=mask)`` and maps data positions to tokens with
+    ``token_mask(mask)``.
     """
 
     depth: int
@@ -110,6 +114,10 @@ class Modality:
         encodes with (None: ``recipe``).
     cache_views: ``cache_views(x) -> [x, ...]``, the versions of a batch a latent cache
         stores (images: the batch and its horizontal flip); None stores the batch.
+    conditions: ``conditions(values, config, num_classes) -> (cond, mask or None)``, the
+        conditions ``layersync-sample`` draws from, made of its ``--cond`` values (motion:
+        texts through the text encoder, or action names, with full-length masks); None:
+        ``--cond`` takes class labels.
     """
 
     name: str
@@ -122,8 +130,10 @@ class Modality:
     evaluators: tuple[str, ...] = ()
     cache_recipe: Path | None = None
     cache_views: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
+    conditions: Callable[[list[str], dict, int], tuple] | None = None
 
 
-def sample_info(tokenizer) -> dict:
-    """What writing a decoded sample needs to know from the tokenizer (e.g. its sample rate)."""
-    return dict(getattr(tokenizer, "sample_info", None) or {})
+def sample_info(tokenizer, dataset=None) -> dict:
+    """What writing a decoded sample needs to know (the tokenizer's sample rate, the data set's
+    normalisation, ...): ``sample_info`` of the data set, then of the tokenizer. Checkpoints keep it."""
+    return {**(getattr(dataset, "sample_info", None) or {}), **(getattr(tokenizer, "sample_info", None) or {})}

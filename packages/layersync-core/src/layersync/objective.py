@@ -54,8 +54,12 @@ class FlowObjective:
         t0, t1 = self.interval()
         return torch.rand(n, generator=generator, device=device) * (t1 - t0) + t0
 
-    def loss(self, pred, x1, x0, t):
-        """Per-sample loss (B,) of a model output for data x1, noise x0 at time t."""
+    def loss(self, pred, x1, x0, t, mask=None):
+        """Per-sample loss (B,) of a model output for data x1, noise x0 at time t.
+
+        ``mask`` (B, *positions), true on valid positions of x's trailing axes (e.g. the
+        frames of (B, C, T) motion), averages over those only.
+        """
         xt, ut = self.path.interpolate(x1, x0, t)
         if self.prediction == "velocity":
             err = (pred - ut) ** 2
@@ -64,7 +68,10 @@ class FlowObjective:
             s = self.path.sigma(expand_like(t, x1))[0]
             weight = {"none": 1.0, "velocity": (var / s) ** 2, "likelihood": var / s**2}[self.loss_weight]
             err = weight * ((pred - x0) ** 2 if self.prediction == "noise" else (pred * s + x0) ** 2)
-        return err.flatten(1).mean(1)
+        if mask is None:
+            return err.flatten(1).mean(1)
+        valid = mask.unsqueeze(1).expand_as(err).to(err.dtype)
+        return (err * valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp_min(1)
 
     def velocity(self, pred, x, t):
         """The velocity of the probability-flow ODE given a model output."""
@@ -86,7 +93,8 @@ class LayerSync:
     ``LayerSync(pairs=[(8, 16)], weight=0.2)(hidden)`` with ``hidden`` a dict
     ``{block_index: (B, ..., D)}`` returns ``weight * sum over pairs (k, k')``
     of ``mean(-cos(h_k, stopgrad(h_k')))``, the cosine taken per token over
-    the last (channel) dimension. Block indices are 1-based block outputs.
+    the last (channel) dimension; with ``mask`` (B, tokens) the mean runs over
+    the valid tokens only. Block indices are 1-based block outputs.
     """
 
     def __init__(self, pairs: Iterable[Sequence[int]] = ((8, 16),), weight: float = 0.2, depth: int | None = None):
@@ -130,19 +138,23 @@ class LayerSync:
             raise ValueError(f"bad LayerSync pairs '{spec}': expected k:k'[,k:k'...] or 'off'") from None
         return cls(pairs, weight)
 
-    def terms(self, hidden: dict[int, torch.Tensor]) -> list[torch.Tensor]:
-        """The unweighted term of each pair, in order."""
+    def terms(self, hidden: dict[int, torch.Tensor], mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The unweighted term of each pair, in order; ``mask`` (B, tokens) keeps only valid tokens."""
         out = []
         for k, kt in self.pairs:
             s = hidden[k].float()
             with torch.no_grad():  # the teacher side: normalised once, outside autograd
                 t = F.normalize(hidden[kt].float(), dim=-1, eps=1e-8)
             cos = torch.linalg.vecdot(s, t) / torch.linalg.vector_norm(s, dim=-1).clamp_min(1e-8)
-            out.append(-cos.mean())
+            if mask is None:
+                out.append(-cos.mean())
+            else:
+                valid = mask.to(cos.dtype)
+                out.append(-(cos * valid).sum() / valid.sum().clamp_min(1))
         return out
 
-    def __call__(self, hidden: dict[int, torch.Tensor]) -> torch.Tensor:
-        return self.weight * torch.stack(self.terms(hidden)).sum()
+    def __call__(self, hidden: dict[int, torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.weight * torch.stack(self.terms(hidden, mask)).sum()
 
     def __repr__(self) -> str:
         return f"LayerSync(pairs={self.pairs}, weight={self.weight})"

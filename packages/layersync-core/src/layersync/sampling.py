@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torchdiffeq import odeint
 
+from layersync import trees
 from layersync.objective import FlowObjective
 from layersync.paths import expand_like
 
@@ -161,27 +162,31 @@ class Sampler:
         if config.method not in ("ode", "sde"):
             raise ValueError(f"unknown sampling method '{config.method}' (expected ode or sde)")
 
-    def predict(self, model, x, t, cond):
-        """The model output, guided on the first ``cfg_channels`` channels; the rest stay conditional."""
+    def predict(self, model, x, t, cond, mask=None):
+        """The model output, guided on the first ``cfg_channels`` channels; the rest stay conditional.
+
+        ``cond`` is a tensor or a dict of tensors; ``mask`` (B, positions) marks valid positions.
+        """
         cfg = self.config
         lo, hi = cfg.guidance_interval
         now = min(max(float(t[0]), 0.0), 1.0)  # dopri5 probes past t = 1, then interpolates back
         guided = cfg.cfg_scale != 1.0 and lo <= now <= hi
         if not guided:
-            return model(x, t, cond)[0]
+            return model(x, t, cond, **({} if mask is None else {"mask": mask}))[0]
         null = model.drop_cond(cond, torch.ones(x.shape[0], dtype=torch.bool, device=x.device))
-        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null]))[0]
+        masked = {} if mask is None else {"mask": torch.cat([mask, mask])}
+        out = model(torch.cat([x, x]), torch.cat([t, t]), trees.cat([cond, null]), **masked)[0]
         c, u = out.chunk(2)
         mixed = u + cfg.cfg_scale * (c - u)
         k = cfg.cfg_channels
         return mixed if k is None else torch.cat([mixed[:, :k], c[:, k:]], dim=1)
 
     @torch.no_grad()
-    def __call__(self, model, noise, cond, generator=None):
+    def __call__(self, model, noise, cond, generator=None, mask=None):
         cfg, obj = self.config, self.objective
 
         def velocity(x, t):
-            return obj.velocity(self.predict(model, x, t, cond), x, t)
+            return obj.velocity(self.predict(model, x, t, cond, mask), x, t)
 
         if cfg.method == "ode":
             t0, t1 = obj.interval(sampling=True)
@@ -193,7 +198,7 @@ class Sampler:
             t0 = max(t0, obj.sample_eps)
 
         def fields(x, t):
-            pred = self.predict(model, x, t, cond)
+            pred = self.predict(model, x, t, cond, mask)
             return obj.velocity(pred, x, t), obj.score(pred, x, t)
 
         def diffusion(x, t):
@@ -215,15 +220,15 @@ def derive_seed(*entropy: int) -> int:
 
 
 @torch.no_grad()
-def seeded_samples(sampler: Sampler, model, shape, cond: torch.Tensor, seed: int, start: int = 0) -> torch.Tensor:
-    """Samples ``start .. start + len(cond) - 1`` of the set ``seed``, in model space.
+def seeded_samples(sampler: Sampler, model, shape, cond, seed: int, start: int = 0, mask=None) -> torch.Tensor:
+    """Samples ``start .. start + B - 1`` of the set ``seed``, in model space (B: the conditions' batch).
 
     Sample i starts from noise drawn from its own CPU generator seeded by (seed, i), and
     an SDE draws its noise along the way from another, (seed, i, 1): a sample does not
     depend on the batch it is drawn in, on the number of ranks or on the device.
     """
-    indices = range(start, start + len(cond))
+    indices = range(start, start + trees.batch_size(cond))
     noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(derive_seed(seed, i)))
-                         for i in indices]).to(cond.device)
+                         for i in indices]).to(trees.leaves(cond)[0].device)
     along = [torch.Generator().manual_seed(derive_seed(seed, i, 1)) for i in indices]
-    return sampler(model, noise, cond, generator=along)
+    return sampler(model, noise, cond, generator=along, mask=mask)

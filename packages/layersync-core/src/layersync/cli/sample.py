@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from layersync import build
+from layersync import build, trees
 from layersync import config as configuration
 from layersync.cli.common import Parser, choice, entry_point, sit_size
 from layersync.errors import ConfigError, DataError
@@ -106,7 +106,8 @@ def parser() -> Parser:
                      "under torchrun write -n: torchrun reads --num as its own")
     batch.add_argument("--batch", type=count, default=64, help="samples per batch and per part file (default 64)")
     seeds.add_argument("--seed", type=seed, default=0)
-    p.add_argument("--cond", type=int, nargs="*", help="class labels to use (default: all classes)")
+    p.add_argument("--cond", nargs="*", help="class labels to use (default: all classes), or what the modality "
+                   "makes conditions of (motion: texts or action names)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     mode.add_argument("--mode", choices=("ode", "sde"), help="sets sample.method")
     steps.add_argument("--steps", type=count, help="sets sample.steps")
@@ -161,7 +162,11 @@ def sample_config(config: dict, args) -> dict:
 
 @dataclass
 class Model:
-    """Everything that turns (indices, labels) into decoded samples."""
+    """Everything that turns (indices, labels) into decoded samples.
+
+    ``pool``: for a modality that makes its own conditions (``Modality.conditions``), the
+    conditions and masks the labels index; None: the labels are class labels.
+    """
 
     path: Path
     step: int
@@ -173,12 +178,28 @@ class Model:
     shape: tuple[int, ...]
     num_classes: int
     device: torch.device
+    info: dict
+    pool: tuple | None = None
+
+    def conditions(self, labels: np.ndarray):
+        """(cond, mask or None) of these labels, on the model's device."""
+        if self.pool is None:
+            return torch.as_tensor(labels, dtype=torch.long, device=self.device), None
+        index = torch.as_tensor(labels, dtype=torch.long)
+        cond, mask = self.pool
+        return (trees.to_device(trees.rows(cond, index), self.device),
+                None if mask is None else mask[index].to(self.device))
+
+    def sample_info(self, labels: np.ndarray) -> dict:
+        """What writing these samples needs: the run's info, and their lengths where masks give them."""
+        mask = self.conditions(labels)[1]
+        return {**self.info, **({} if mask is None else {"lengths": mask.sum(-1).tolist()})}
 
     @torch.no_grad()
     def draw(self, start: int, labels: np.ndarray, seed: int) -> torch.Tensor:
         """Samples start .. start+len(labels)-1, decoded, as float on the CPU."""
-        cond = torch.as_tensor(labels, dtype=torch.long, device=self.device)
-        z = seeded_samples(self.sampler, self.backbone, self.shape, cond, seed, start)
+        cond, mask = self.conditions(labels)
+        z = seeded_samples(self.sampler, self.backbone, self.shape, cond, seed, start, mask=mask)
         return self.tokenizer.decode(z).float().cpu()
 
 
@@ -193,21 +214,34 @@ def load_model(args, device: torch.device) -> Model:
     backbone = build.backbone(reg, config, state["input_shape"], state["num_classes"])
     backbone.load_state_dict(state["model" if args.raw else "ema"])
     tokenizer = build.tokenizer(reg, config)
+    modality = build.modality(reg, config)
+    info = {**state.get("sample_info", {}), **sample_info(tokenizer)}
+    pool = None
+    if modality.conditions is not None:  # e.g. texts through a text encoder, with lengths
+        pool = modality.conditions(args.cond or [], config, int(state["num_classes"]))
     fast_defaults(device)
-    return Model(path, int(state["step"]), config, build.modality(reg, config), backbone.to(device).eval(), tokenizer,
+    return Model(path, int(state["step"]), config, modality, backbone.to(device).eval(), tokenizer,
                  build.sampler(config, build.objective(config)), tuple(state["input_shape"]),
-                 int(state["num_classes"]), device)
+                 int(state["num_classes"]), device, info, pool)
 
 
-def classes(args, num_classes: int) -> np.ndarray:
+def classes(args, model: Model) -> np.ndarray:
+    """The labels to sample: indices into the modality's pool of conditions, or class labels."""
+    if model.pool is not None:
+        return np.arange(trees.batch_size(model.pool[0]))
+    num_classes = model.num_classes
     if not args.cond:
         return np.arange(max(num_classes, 1))
     if num_classes == 0:
         raise ConfigError("--cond given, but the checkpoint's model is unconditional")
-    bad = [c for c in args.cond if not 0 <= c < num_classes]
+    try:
+        wanted = [int(c) for c in args.cond]
+    except ValueError:
+        raise ConfigError(f"--cond takes class labels for this model, got {' '.join(args.cond)}") from None
+    bad = [c for c in wanted if not 0 <= c < num_classes]
     if bad:
         raise ConfigError(f"--cond {bad[0]} is not a class of this model (expected 0..{num_classes - 1})")
-    return np.array(args.cond)
+    return np.array(wanted)
 
 
 def balanced_labels(n: int, pool: np.ndarray, seed: int) -> np.ndarray:
@@ -220,10 +254,10 @@ def balanced_labels(n: int, pool: np.ndarray, seed: int) -> np.ndarray:
 
 def preview(model: Model, args, out: Path) -> None:
     n = model.config["sample"]["num"]
-    pool = classes(args, model.num_classes)
+    pool = classes(args, model)
     labels = pool[np.arange(n) % len(pool)]
     x = torch.cat([model.draw(s, labels[s:s + args.batch], args.seed) for s in range(0, n, args.batch)])
-    info = sample_info(model.tokenizer)
+    info = model.sample_info(labels)
     picture = model.modality.save_samples(x, out, info)
     with atomic(out.with_suffix(".npz")) as tmp, open(tmp, "wb") as f:
         np.savez(f, samples=x.numpy(), cond=labels, **info)
@@ -245,7 +279,7 @@ def manifest_of(model: Model, args) -> dict:
         "cond": args.cond or None,
         "sample": sample,
         "array": f"{to_array.__module__}.{to_array.__qualname__}" if to_array else "float32",
-        "sample_info": sample_info(model.tokenizer),
+        "sample_info": model.info,
         "batch": args.batch if batch_dependent else None,
     }
     return json.loads(json.dumps(manifest))
@@ -302,7 +336,7 @@ def write_part(folder: Path, start: int, end: int, arrays: dict) -> Path:
 def sample_set(model: Model, args, out: Path, env: distributed.Dist) -> None:
     n = model.config["sample"]["num"]
     manifest = manifest_of(model, args)
-    labels = balanced_labels(n, classes(args, model.num_classes), args.seed)
+    labels = balanced_labels(n, classes(args, model), args.seed)
     parts_dir, final = out / "parts", out / "samples.npz"
     resuming = check_manifest(out, manifest)  # every rank reads it before rank 0 may write it
     if final.exists():
@@ -329,7 +363,7 @@ def sample_set(model: Model, args, out: Path, env: distributed.Dist) -> None:
             x = model.draw(start, labels[start:end], args.seed)
             array = to_array(x)
             if model.modality.save_items:  # one file per sample (audio: WAV), before the part marks it done
-                model.modality.save_items(array, start, out, sample_info(model.tokenizer))
+                model.modality.save_items(array, start, out, model.sample_info(labels[start:end]))
             write_part(parts_dir, start, end, {
                 "index": np.arange(start, end), "label": labels[start:end], "array": array,
                 "preview": x[: max(0, PREVIEW - start)].numpy(),
@@ -379,11 +413,12 @@ def assemble(parts_dir: Path, final: Path, labels: np.ndarray, model: Model) -> 
             if model.num_classes:  # ADM writes labels for class-conditional models only
                 with zf.open("arr_1.npy", "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, labels)
-            info = sample_info(model.tokenizer)
+            info = model.sample_info(labels)
             for key, value in info.items():  # what reading the samples needs, e.g. the sample rate
                 with zf.open(f"{key}.npy", "w") as f:
                     np.lib.format.write_array(f, np.asarray(value))
-        picture = model.modality.save_samples(torch.cat(shown), final.with_suffix(""), info)
+        first = torch.cat(shown)
+        picture = model.modality.save_samples(first, final.with_suffix(""), model.sample_info(labels[: len(first)]))
     for _, _, path in parts:
         path.unlink()
     for leftover in parts_dir.glob("part_*.npz.tmp"):  # from batches a killed run had begun

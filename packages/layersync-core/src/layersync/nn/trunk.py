@@ -13,7 +13,7 @@ import torch.nn as nn
 from timm.layers import Mlp
 from timm.models.vision_transformer import Attention
 
-# name -> (depth, hidden, heads): the DiT/SiT paper sizes plus tiny CPU ones.
+# name -> (depth, hidden, heads): the DiT/SiT paper sizes, MDM's, and tiny CPU ones.
 SIZES = {
     "T": (6, 128, 4),
     "XS": (8, 256, 4),
@@ -21,6 +21,7 @@ SIZES = {
     "B": (12, 768, 12),
     "L": (24, 1024, 16),
     "XL": (28, 1152, 16),
+    "MDM": (8, 512, 4),  # MDM's transformer (Tevet et al., 2023)
 }
 
 
@@ -78,9 +79,9 @@ class AdaLNBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=gelu_tanh)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x, c):
+    def forward(self, x, c, attn_mask=None):
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift1, scale1))
+        x = x + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift1, scale1), attn_mask=attn_mask)
         return x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
@@ -99,8 +100,9 @@ class FinalLayer(nn.Module):
 class Trunk(nn.Module):
     """Blocks plus final layer; a modality backbone adds embedders around it.
 
-    ``run_blocks(tokens, c, capture)`` returns the final layer's output and
-    ``{k: output of block k}`` for every 1-based ``k`` in ``capture``.
+    ``run_blocks(tokens, c, capture, mask)`` returns the final layer's output and
+    ``{k: output of block k}`` for every 1-based ``k`` in ``capture``. ``mask`` (B, tokens),
+    true on valid tokens, keeps attention off the padding.
     """
 
     def __init__(self, hidden: int, depth: int, heads: int, out_dim: int, mlp_ratio: float = 4.0, qk_norm=False):
@@ -109,13 +111,14 @@ class Trunk(nn.Module):
         self.blocks = nn.ModuleList(AdaLNBlock(hidden, heads, mlp_ratio, qk_norm) for _ in range(depth))
         self.final_layer = FinalLayer(hidden, out_dim)
 
-    def run_blocks(self, x, c, capture=()):
+    def run_blocks(self, x, c, capture=(), mask=None):
         for k in capture:
             if not 1 <= k <= self.depth:
                 raise ValueError(f"cannot capture block {k}: the model has blocks 1..{self.depth}")
+        attn_mask = None if mask is None else mask[:, None, None, :]  # (B, heads, queries, keys): keys only
         hidden = {}
         for k, block in enumerate(self.blocks, start=1):
-            x = block(x, c)
+            x = block(x, c, attn_mask)
             if k in capture:
                 hidden[k] = x
         return self.final_layer(x, c), hidden

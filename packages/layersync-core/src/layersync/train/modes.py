@@ -6,6 +6,7 @@ import logging
 
 import torch
 
+from layersync import trees
 from layersync.errors import ConfigError
 from layersync.train.step import TrainStep
 
@@ -53,12 +54,13 @@ class CapturedStep:
         self.static_in = None
         self.static_out = None
 
-    def __call__(self, x1, cond):
+    def __call__(self, x1, cond, mask=None):
+        inputs = {"x1": x1, "cond": cond} if mask is None else {"x1": x1, "cond": cond, "mask": mask}
         if self.graph is not None:
-            if x1.shape != self.static_in[0].shape:
-                raise ValueError(f"captured step expects batches of shape {tuple(self.static_in[0].shape)}, got {tuple(x1.shape)}")
-            self.static_in[0].copy_(x1, non_blocking=True)
-            self.static_in[1].copy_(cond, non_blocking=True)
+            if x1.shape != self.static_in["x1"].shape or inputs.keys() != self.static_in.keys():
+                raise ValueError(f"captured step expects batches of shape {tuple(self.static_in['x1'].shape)} "
+                                 f"with {', '.join(self.static_in)}, got {tuple(x1.shape)} with {', '.join(inputs)}")
+            trees.copy_(self.static_in, inputs)  # conditions may be trees of tensors
             self.graph.replay()
             return self.static_out
         side = torch.cuda.Stream()
@@ -66,10 +68,10 @@ class CapturedStep:
         if self.calls < self.warmup:
             self.calls += 1
             with torch.cuda.stream(side):
-                out = self.step(x1, cond)
+                out = self.step(**inputs)
             torch.cuda.current_stream().wait_stream(side)
             return out
-        self.static_in = (x1.clone(), cond.clone())
+        self.static_in = trees.clone(inputs)
         # the warm-up's freed activations stay cached outside the graph's private pool:
         # hand them back so the captured step does not need twice the memory
         torch.cuda.synchronize()
@@ -79,7 +81,7 @@ class CapturedStep:
             self.graph.register_generator_state(self.step.generator)
         # thread_local: the data loader's pin-memory thread may touch CUDA meanwhile
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self.static_out = self.step(*self.static_in)
+            self.static_out = self.step(**self.static_in)
         self.graph.replay()
         return self.static_out
 

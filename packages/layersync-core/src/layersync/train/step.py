@@ -48,22 +48,28 @@ class TrainStep:
         rows = slice(self.rank * local, (self.rank + 1) * local)
         return x0[rows], t[rows], drop[rows]
 
-    def forward_losses(self, x1, x0, t, drop, cond):
+    def forward_losses(self, x1, x0, t, drop, cond, mask=None):
         """Forward pass: (total, flow, layersync) scalars with autograd graphs.
 
-        Pure tensor code with no RNG: the part ``--step-mode compile`` compiles.
+        Pure tensor code with no RNG: the part ``--step-mode compile`` compiles. ``cond`` is a
+        tensor or a dict of tensors; ``mask`` (B, positions), if the data set gives one, marks
+        the valid positions: attention, the flow loss and LayerSync ignore the rest.
         """
         if self.cfg_dropout > 0:
             cond = self.backbone.drop_cond(cond, drop)
         xt, _ = self.objective.path.interpolate(x1, x0, t)
+        masked = {} if mask is None else {"mask": mask}  # backbones without masks keep their signature
         with torch.autocast(x1.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
-            pred, hidden = self.model(xt, t, cond, capture=self.capture)
-        flow = self.objective.loss(pred.float(), x1, x0, t).mean()
-        sync = self.layersync(hidden) if self.layersync is not None else torch.zeros((), device=x1.device)
+            pred, hidden = self.model(xt, t, cond, capture=self.capture, **masked)
+        flow = self.objective.loss(pred.float(), x1, x0, t, mask).mean()
+        if self.layersync is None:
+            sync = torch.zeros((), device=x1.device)
+        else:
+            sync = self.layersync(hidden, None if mask is None else self.backbone.token_mask(mask))
         return flow + sync, flow, sync
 
-    def __call__(self, x1, cond) -> dict[str, torch.Tensor]:
-        total, flow, sync = self.forward_losses(x1, *self.draw(x1), cond)
+    def __call__(self, x1, cond, mask=None) -> dict[str, torch.Tensor]:
+        total, flow, sync = self.forward_losses(x1, *self.draw(x1), cond, mask)
         self.optimizer.zero_grad(set_to_none=False)
         total.backward()
         out = {"loss": total.detach(), "flow_loss": flow.detach(), "layersync_loss": sync.detach()}

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from layersync import build
+from layersync import build, trees
 from layersync.config import DEFAULTS, dump, flatten, read_yaml
 from layersync.errors import ConfigError
 from layersync.interfaces import sample_info
@@ -76,6 +76,7 @@ class Trainer:
         self.dataset = build.dataset(self.registry, config)
         self.tokenizer = build.tokenizer(self.registry, config)
         build.check_compatible(self.dataset, self.tokenizer)
+        self.sample_info = sample_info(self.tokenizer, self.dataset)
         # A dataset of cached latents is already in model space and says so with `encoded = True`.
         self.encoded = bool(getattr(self.dataset, "encoded", False))
         shape = tuple(self.dataset.sample_shape)
@@ -104,6 +105,7 @@ class Trainer:
             "config": self.config,
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
+            "sample_info": self.sample_info,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -162,17 +164,25 @@ class Trainer:
         if self.env.main:
             checkpoint.save(self.state(), self.out / "checkpoints", self.step)
 
+    def preview_conditions(self, n: int):
+        """(cond, mask or None) of the preview samples: the data set's own choice (``preview(n)``),
+        else labels cycling through the classes."""
+        if hasattr(self.dataset, "preview"):
+            cond, mask = self.dataset.preview(n)
+            return trees.to_device(cond, self.env.device), None if mask is None else mask.to(self.env.device)
+        return torch.arange(n, device=self.env.device) % max(self.num_classes, 1), None
+
     @torch.no_grad()
     def save_samples(self) -> Path | None:
         if not self.env.main:
             return None
-        n = self.config["sample"]["num"]
-        cond = torch.arange(n, device=self.env.device) % max(self.num_classes, 1)
+        cond, mask = self.preview_conditions(self.config["sample"]["num"])
         # the same samples at every step (per-sample CPU generators, on any device), the ones that
         # `layersync-sample --ckpt RUN --seed SEED` draws from the EMA weights
-        z = seeded_samples(self.sampler, self.ema.model, self.input_shape, cond, self.config["seed"])
+        z = seeded_samples(self.sampler, self.ema.model, self.input_shape, cond, self.config["seed"], mask=mask)
         x = self.tokenizer.decode(z).float().cpu()
-        return self.modality.save_samples(x, self.out / "samples" / f"step_{self.step:07d}", sample_info(self.tokenizer))
+        info = {**self.sample_info, **({} if mask is None else {"lengths": mask.sum(-1).tolist()})}
+        return self.modality.save_samples(x, self.out / "samples" / f"step_{self.step:07d}", info)
 
     # ---- loop --------------------------------------------------------------------
     def fit(self) -> dict:
@@ -218,14 +228,12 @@ class Trainer:
                 if interrupted:  # stop between steps, never inside one
                     self.save_checkpoint()
                     raise KeyboardInterrupt(f"stopped at step {self.step}; checkpoint saved, run again to resume")
-                x, cond = next(batches)
-                x = x.to(self.env.device, non_blocking=True)
+                x, cond, *mask = (trees.to_device(part, self.env.device, non_blocking=True) for part in next(batches))
                 if not self.encoded:
                     x = self.tokenizer.encode(x)
-                cond = cond.to(self.env.device, non_blocking=True)
                 lr = self.schedule(self.step)
                 set_lr(self.optimizer, lr)
-                out = step_fn(x, cond)
+                out = step_fn(x, cond, *mask)  # a data set may yield (x, cond, mask)
                 self.step += 1
                 bar.update(1)
                 if self.step % cfg["log_every"] == 0 or self.step == total:
