@@ -114,10 +114,11 @@ class Modality:
         encodes with (None: ``recipe``).
     cache_views: ``cache_views(x) -> [x, ...]``, the versions of a batch a latent cache
         stores (images: the batch and its horizontal flip); None stores the batch.
-    conditions: ``conditions(values, config, num_classes) -> (cond, mask or None)``, the
-        conditions ``layersync-sample`` draws from, made of its ``--cond`` values (motion:
-        texts through the text encoder, or action names, with full-length masks); None:
-        ``--cond`` takes class labels.
+    conditions: ``conditions(values, config, num_classes) -> (cond, mask or None[, facts])``,
+        the conditions ``layersync-sample`` draws from, made of its ``--cond`` values (motion:
+        texts through the text encoder, action names, or the test split's captions and
+        lengths); ``facts`` maps names to one value per condition (e.g. captions), handed
+        to ``save_samples``/``save_items`` with the samples; None: ``--cond`` takes class labels.
     """
 
     name: str

@@ -165,7 +165,8 @@ class Model:
     """Everything that turns (indices, labels) into decoded samples.
 
     ``pool``: for a modality that makes its own conditions (``Modality.conditions``), the
-    conditions and masks the labels index; None: the labels are class labels.
+    conditions, masks and per-condition facts (e.g. captions) the labels index; None: the
+    labels are class labels.
     """
 
     path: Path
@@ -186,14 +187,16 @@ class Model:
         if self.pool is None:
             return torch.as_tensor(labels, dtype=torch.long, device=self.device), None
         index = torch.as_tensor(labels, dtype=torch.long)
-        cond, mask = self.pool
+        cond, mask, _ = self.pool
         return (trees.to_device(trees.rows(cond, index), self.device),
                 None if mask is None else mask[index].to(self.device))
 
     def sample_info(self, labels: np.ndarray) -> dict:
-        """What writing these samples needs: the run's info, and their lengths where masks give them."""
+        """What writing these samples needs: the run's info, their lengths where masks give them, and
+        the pool's facts about their conditions."""
         mask = self.conditions(labels)[1]
-        return {**self.info, **({} if mask is None else {"lengths": mask.sum(-1).tolist()})}
+        facts = {key: [values[i] for i in labels] for key, values in self.pool[2].items()} if self.pool else {}
+        return {**self.info, **({} if mask is None else {"lengths": mask.sum(-1).tolist()}), **facts}
 
     @torch.no_grad()
     def draw(self, start: int, labels: np.ndarray, seed: int) -> torch.Tensor:
@@ -218,7 +221,8 @@ def load_model(args, device: torch.device) -> Model:
     info = {**state.get("sample_info", {}), **sample_info(tokenizer)}
     pool = None
     if modality.conditions is not None:  # e.g. texts through a text encoder, with lengths
-        pool = modality.conditions(args.cond or [], config, int(state["num_classes"]))
+        cond, mask, *facts = modality.conditions(args.cond or [], config, int(state["num_classes"]))
+        pool = (cond, mask, facts[0] if facts else {})
     fast_defaults(device)
     return Model(path, int(state["step"]), config, modality, backbone.to(device).eval(), tokenizer,
                  build.sampler(config, build.objective(config)), tuple(state["input_shape"]),

@@ -1,0 +1,49 @@
+"""The human-motion modality, registered through the ``layersync`` entry point."""
+
+from pathlib import Path
+
+from layersync import Modality, hookimpl
+
+from layersync_motion.data import MotionDataset
+from layersync_motion.output import save_motion
+from layersync_motion.samples import conditions, read_samples, save_items
+from layersync_motion.t2m import WEIGHTS
+
+RECIPES = Path(__file__).parent / "recipes"
+
+
+@hookimpl
+def layersync_modalities():
+    return {
+        "motion": Modality(
+            name="motion",
+            description="human motion (HumanML3D features) with an MDM-style 1-D SiT, text or action conditions",
+            recipe=RECIPES / "mocap.yaml",
+            save_samples=save_motion,
+            save_items=save_items,
+            read_samples=read_samples,
+            evaluators=("t2m",),
+            conditions=conditions,
+        )
+    }
+
+
+@hookimpl
+def layersync_datasets():
+    return {"humanml3d": MotionDataset}
+
+
+def t2m(**options):
+    from layersync_motion.evaluate import t2m_evaluator  # the evaluator's networks only when evaluating
+
+    return t2m_evaluator(**options)
+
+
+@hookimpl
+def layersync_evaluators():
+    return {"t2m": t2m}
+
+
+@hookimpl
+def layersync_weights():
+    return dict(WEIGHTS)
