@@ -11,6 +11,8 @@ SUITES = {
     "overhead": "LayerSync on/off step-time ratio (target <= 1.02)",
     "step_speed": "eager vs compile vs CUDA graph: step time, memory, images/s, MFU; CPU plain baseline",
     "audio_data": "audio clips/s decoded and resampled through a DataLoader, 0 and 2 workers",
+    "video_attention": "memory and time of full vs factorised SiT-3D attention as the clip grows (T = 8, 16, 32)",
+    "video_data": "video clips/s decoded (decord), resized and cropped through a DataLoader, 0 and 2 workers",
 }
 
 

@@ -2,7 +2,9 @@
 
 A full training step (noise/t sampling, forward with block capture, flow
 loss [+ LayerSync], backward, AdamW, EMA) of a small SiT (an input CxHxW) or
-SiT-1D (an input CxT: channels and frames, the audio backbone), in the device's
+SiT-1D (an input CxT: channels and frames, the audio backbone) or SiT-3D with
+factorised attention (CxTxHxW, the video backbone; at CLEVRER's latent size
+``--size B/2 --input 4x16x16x16`` on a GPU), in the device's
 default step mode (eager on CPU, CUDA graph on GPU). Repetitions alternate
 off, on, on, off, ... on one shared model and optimizer (two separately
 built copies differ by up to 5% on a CPU from memory layout alone).
@@ -22,7 +24,7 @@ import torch
 from benchmarks.common import median, publish, resolve_device, table, target, timed
 from layersync import FlowObjective, LayerSync
 from layersync.config import DEFAULTS
-from layersync.nn import build_sit1d, parse_size_1d
+from layersync.nn import build_sit1d, build_sit3d, parse_size_1d, parse_size_3d
 from layersync.train.ema import EMA
 from layersync.train.modes import make_step, resolve_mode
 from layersync.train.optim import build_optimizer
@@ -56,7 +58,11 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def backbone(size: str, shape: tuple[int, ...]):
-    """(model, name, tokens per sample): SiT for CxHxW inputs, SiT-1D for CxT."""
+    """(model, name, tokens per sample): SiT for CxHxW inputs, SiT-1D for CxT, SiT-3D (factorised) for CxTxHxW."""
+    if len(shape) == 4:
+        patch = parse_size_3d(size)[3]
+        tokens = shape[1] * (shape[2] // patch) * (shape[3] // patch)
+        return build_sit3d(shape, 10, size, attention="factorised"), f"SiT-3D-{size}", tokens
     if len(shape) == 2:
         patch = parse_size_1d(size)[3]
         return build_sit1d(shape, 10, size), f"SiT-1D-{size}", shape[1] // patch
@@ -88,7 +94,8 @@ def measure(size: str, shape_text: str, args, device: str, mode: str, precision)
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks overhead", description=__doc__.splitlines()[0])
     p.add_argument("--size", help="one model size (default: the cases below, or T/4)")
-    p.add_argument("--input", help="CxHxW (SiT) or CxT (SiT-1D) of the model input; with --size, the one case "
+    p.add_argument("--input", help="CxHxW (SiT), CxT (SiT-1D) or CxTxHxW (SiT-3D) of the model input; with --size, "
+                   "the one case "
                    f"measured (default: {', '.join(f'{s} at {i}' for s, i in DEFAULT_CASES)})")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=10, help="timed steps per repetition")

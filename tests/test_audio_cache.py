@@ -203,9 +203,9 @@ def test_core_registers_its_own_plugin():
     reg = Registry()
     core = {p.name: p for p in reg.plugins}["core"]
     assert core.error is None
-    assert core.provides == {"datasets": ["latent-cache"], "tokenizers": ["identity"], "backbones": ["sit1d"]}
+    assert core.provides == {"datasets": ["latent-cache"], "tokenizers": ["identity"], "backbones": ["sit1d", "sit3d"]}
     assert reg.get("datasets", "latent-cache") is latent_cache
     assert reg.get("tokenizers", "identity") is IdentityTokenizer and reg.get("backbones", "sit1d") is build_sit1d
     line = describe(core)
-    assert line.startswith("core ") and "datasets: latent-cache" in line and "backbones: sit1d" in line
+    assert line.startswith("core ") and "datasets: latent-cache" in line and "backbones: sit1d, sit3d" in line
     assert "mel" in reg.names("tokenizers") and "audiofolder" in reg.names("datasets")

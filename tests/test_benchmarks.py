@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from benchmarks import __main__ as entry
-from benchmarks import audio_data, overhead, step_speed, summary
+from benchmarks import audio_data, overhead, step_speed, summary, video_attention
 from benchmarks.common import datasheet_peak
 from layersync import LayerSync
 from layersync_image.sit import build_sit, parse_size
@@ -113,3 +113,13 @@ def test_audio_data_reports_clips_per_second(tmp_path, monkeypatch):
     assert [(r["target_hz"], r["source_hz"]) for r in report["rows"]] == [(16000, "16000"), (8000, "16000")]
     for row in report["rows"]:
         assert row["clips_per_s"] > 0 and row["audio_s_per_s"] == pytest.approx(row["clips_per_s"] * row["clip_s"])
+
+
+def test_video_attention_reports_both_attentions_per_length(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAYERSYNC_RESULTS", str(tmp_path))
+    video_attention.main(["--frames", "2,4", "--spatial", "4", "--size", "T/2", "--batch", "1"])
+    (report,) = reports(tmp_path, "video_attention")
+    assert [(r["frames"], r["tokens"]) for r in report["rows"]] == [(2, 8), (4, 16)]
+    for row in report["rows"]:
+        assert row["full_s"] > 0 and row["factorised_s"] > 0
+        assert row["memory_ratio"] == pytest.approx(row["full_mib"] / max(row["factorised_mib"], 1e-9))

@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torchaudio
 
 from layersync.errors import ConfigError, DataError
-from layersync.metrics import GaussianStats, frechet_distance
+from layersync.metrics import GaussianStats, frechet_distance, stored_gaussian
 from layersync_audio.audio_io import Clips
 
 
@@ -98,22 +98,9 @@ class FADEvaluator:
         clips fed afterwards are counted but not embedded.
         """
         tag, dim = self.embedder.tag, self.embedder.dim
-        for mu_key, sigma_key in ((f"mu_{tag}", f"sigma_{tag}"), ("mu", "sigma")):
-            if mu_key in stats or sigma_key in stats:
-                break
-        else:
-            return
-        if mu_key not in stats or sigma_key not in stats:
-            raise DataError(f"reference statistics need both {mu_key} and {sigma_key}, "
-                            f"got only {mu_key if mu_key in stats else sigma_key}")
-        mu, sigma = np.asarray(stats[mu_key], np.float64), np.asarray(stats[sigma_key], np.float64)
-        for key, value, shape in ((mu_key, mu, (dim,)), (sigma_key, sigma, (dim, dim))):
-            if value.shape != shape:
-                raise DataError(f"reference statistics: {key} has shape {value.shape}, expected {shape} "
-                                f"for the {dim}-d {tag} embeddings")
-            if not np.isfinite(value).all():
-                raise DataError(f"reference statistics: {key} holds NaN or infinite values")
-        self.reference = (mu, sigma)
+        stored = stored_gaussian(stats, tag, dim, f"{dim}-d {tag} embeddings")
+        if stored is not None:
+            self.reference = stored
 
     def _gaussian(self, stats: GaussianStats, what: str):
         if stats.count < 2:

@@ -3,7 +3,7 @@
 from layersync import hookimpl
 from layersync.cache import latent_cache
 from layersync.interfaces import IdentityTokenizer
-from layersync.nn import build_sit1d
+from layersync.nn import build_sit1d, build_sit3d
 
 
 @hookimpl
@@ -18,4 +18,4 @@ def layersync_tokenizers():
 
 @hookimpl
 def layersync_backbones():
-    return {"sit1d": build_sit1d}
+    return {"sit1d": build_sit1d, "sit3d": build_sit3d}

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from layersync.errors import ConfigError, DataError
-from layersync.metrics import GaussianStats, frechet_distance
+from layersync.metrics import GaussianStats, frechet_distance, stored_gaussian
 from layersync_motion.t2m import DIM_POSE, EMBED_DIM, UNIT_LENGTH, T2MNetworks, load_t2m
 
 R_PRECISION_GROUP = 32  # MDM: "This must be 32!"
@@ -231,19 +231,9 @@ class MotionEvaluator:
     def use_reference_statistics(self, stats: dict) -> None:
         """Precomputed ``mu_t2m``/``sigma_t2m`` (or plain ``mu``/``sigma``) replace the real side's Gaussian;
         real batches fed afterwards are counted, not embedded. Without either pair nothing changes."""
-        for mu_key, sigma_key in ((f"mu_{TAG}", f"sigma_{TAG}"), ("mu", "sigma")):
-            if mu_key in stats or sigma_key in stats:
-                break
-        else:
-            return
-        if mu_key not in stats or sigma_key not in stats:
-            raise DataError(f"reference statistics need both {mu_key} and {sigma_key}")
-        mu, sigma = np.asarray(stats[mu_key], np.float64), np.asarray(stats[sigma_key], np.float64)
-        for key, value, shape in ((mu_key, mu, (EMBED_DIM,)), (sigma_key, sigma, (EMBED_DIM, EMBED_DIM))):
-            if value.shape != shape or not np.isfinite(value).all():
-                raise DataError(f"reference statistics: {key} has shape {value.shape} or non-finite values, "
-                                f"expected finite {shape} for the {EMBED_DIM}-d text-to-motion embeddings")
-        self.reference = (mu, sigma)
+        stored = stored_gaussian(stats, TAG, EMBED_DIM, f"{EMBED_DIM}-d text-to-motion embeddings")
+        if stored is not None:
+            self.reference = stored
 
     def _gaussian(self, embeddings: np.ndarray, what: str):
         if len(embeddings) < 2:

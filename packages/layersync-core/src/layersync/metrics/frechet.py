@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from layersync.errors import DataError
+
 
 class GaussianStats:
     """Running count, sum and sum of outer products of (N, D) feature batches."""
@@ -89,3 +91,24 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     # tr sqrt(M) = sum of sqrt(eigenvalues of M): eigenvalues only, no reconstruction
     trace_root = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * trace_root)
+
+
+def stored_gaussian(stats: dict, tag: str, dim: int, what: str):
+    """``(mu, sigma)`` from stored reference statistics: ``mu_<tag>``/``sigma_<tag>``, else plain
+    ``mu``/``sigma``; None when neither pair is there. Shapes (dim,) and (dim, dim) and finite
+    values are checked, with a DataError naming the key (``what`` names the features)."""
+    for mu_key, sigma_key in ((f"mu_{tag}", f"sigma_{tag}"), ("mu", "sigma")):
+        if mu_key in stats or sigma_key in stats:
+            break
+    else:
+        return None
+    if mu_key not in stats or sigma_key not in stats:
+        raise DataError(f"reference statistics need both {mu_key} and {sigma_key}, "
+                        f"got only {mu_key if mu_key in stats else sigma_key}")
+    mu, sigma = np.asarray(stats[mu_key], np.float64), np.asarray(stats[sigma_key], np.float64)
+    for key, value, shape in ((mu_key, mu, (dim,)), (sigma_key, sigma, (dim, dim))):
+        if value.shape != shape:
+            raise DataError(f"reference statistics: {key} has shape {value.shape}, expected {shape} for the {what}")
+        if not np.isfinite(value).all():
+            raise DataError(f"reference statistics: {key} holds NaN or infinite values")
+    return mu, sigma

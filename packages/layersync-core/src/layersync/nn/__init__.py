@@ -1,6 +1,7 @@
 """Shared transformer pieces for modality backbones."""
 
 from layersync.nn.sit1d import SiT1D, build_sit1d, parse_size_1d
+from layersync.nn.sit3d import SiT3D, build_sit3d, parse_size_3d
 from layersync.nn.trunk import (
     SIZES,
     AdaLNBlock,
@@ -11,5 +12,5 @@ from layersync.nn.trunk import (
     sincos_pos_embed,
 )
 
-__all__ = ["SIZES", "AdaLNBlock", "FinalLayer", "LabelEmbedder", "SiT1D", "TimestepEmbedder", "Trunk",
-           "build_sit1d", "parse_size_1d", "sincos_pos_embed"]
+__all__ = ["SIZES", "AdaLNBlock", "FinalLayer", "LabelEmbedder", "SiT1D", "SiT3D", "TimestepEmbedder", "Trunk",
+           "build_sit1d", "build_sit3d", "parse_size_1d", "parse_size_3d", "sincos_pos_embed"]

@@ -1,0 +1,1 @@
+"""LayerSync's video modality: video folders, moving digits, a spatio-temporal SiT, FVD."""

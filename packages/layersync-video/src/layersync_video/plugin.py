@@ -1,0 +1,55 @@
+"""The video modality, registered through the ``layersync`` entry point."""
+
+from pathlib import Path
+
+from layersync import Modality, hookimpl
+
+from layersync_video.data import MovingDigits, VideoFolderDataset
+from layersync_video.i3d import I3D_FVD
+from layersync_video.output import save_clips, save_video
+from layersync_video.samples import read_samples
+from layersync_video.tokenizers import frame_vae
+
+RECIPES = Path(__file__).parent / "recipes"
+
+
+@hookimpl
+def layersync_modalities():
+    return {
+        "video": Modality(
+            name="video",
+            description="video clips with a spatio-temporal SiT (pixels or frame-wise SD-VAE latents)",
+            recipe=RECIPES / "moving_digits.yaml",
+            save_samples=save_video,
+            save_items=save_clips,
+            read_samples=read_samples,
+            evaluators=("fvd-i3d",),
+            cache_recipe=RECIPES / "cache_frame_vae.yaml",
+        )
+    }
+
+
+@hookimpl
+def layersync_datasets():
+    return {"videofolder": VideoFolderDataset, "moving-digits": MovingDigits}
+
+
+@hookimpl
+def layersync_tokenizers():
+    return {"frame-vae": frame_vae}
+
+
+def fvd_i3d(**options):
+    from layersync_video.fvd import fvd_i3d as build  # the I3D network only when evaluating
+
+    return build(**options)
+
+
+@hookimpl
+def layersync_evaluators():
+    return {"fvd-i3d": fvd_i3d}
+
+
+@hookimpl
+def layersync_weights():
+    return {I3D_FVD.name: I3D_FVD}
