@@ -66,3 +66,22 @@ def test_frame_vae_is_the_image_vae_frame_by_frame():
             torch.testing.assert_close(z[:, :, frame], expected, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(tok.decode(z)[:, :, frame], vae.decode(z[:, :, frame] / tok.scale).sample.clamp(-1, 1),
                                        atol=1e-5, rtol=1e-5)
+
+
+def test_layersync_cache_encodes_video_clips_with_the_frame_vae(tmp_path):
+    """layersync-cache --plugin video: frame-VAE latents of centre clips, read back by the latent cache."""
+    from layersync.cache import LatentCacheDataset
+    from layersync.cli import cache as cache_cli
+    from test_video_data import write_video
+
+    for name in ("a", "b", "c"):
+        write_video(tmp_path / "videos" / f"{name}.mp4", n=12, w=32, h=32)
+    tiny_vae(16).save_pretrained(tmp_path / "vae")
+    args = ["--plugin", "video", "--data", str(tmp_path / "videos"), "--out", str(tmp_path / "cache"),
+            "--set", f"tokenizer.path={tmp_path / 'vae'}", "--set", "data.frames=4", "--set", "data.size=16",
+            "--batch", "2", "--shard-size", "2", "--device", "cpu", "--workers", "0"]
+    meta = cache_cli.run(cache_cli.parser().parse_args(args))
+    assert meta["num_items"] == 3 and meta["latent_shape"] == [4, 4, 8, 8] and meta["stochastic"]
+    data = LatentCacheDataset(str(tmp_path / "cache"), expect={"preprocessing": {"data": {"frames": 4, "size": 16}}})
+    z, label = data[1]
+    assert z.shape == (4, 4, 8, 8) and label == 0 and torch.isfinite(z).all()
