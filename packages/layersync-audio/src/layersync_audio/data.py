@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 from torchaudio.transforms import Resample
 
+from layersync.data import SkipsBadItems
 from layersync.errors import ConfigError, DataError
 from layersync_audio.audio_io import AUDIO_EXTENSIONS, AudioInfo, audio_info, read_audio
 
@@ -99,7 +100,7 @@ def _positive(name: str, value, kind=int):
     return kind(value)
 
 
-class AudioDataset(Dataset):
+class AudioDataset(SkipsBadItems, Dataset):
     """Clips of audio files; labels from class folders or Jamendo tags (0 when unconditional).
 
     ``path``: the data folder (None: the shipped spoken digits). ``layout``: ``classes``
@@ -148,7 +149,6 @@ class AudioDataset(Dataset):
         self.items = self._checked(items, sample_rate, seconds, samples)
         self.sample_shape = (channels, self.samples)
         self._resamplers: dict[int, Resample] = {}
-        self._bad: set[int] = set()  # items found undecodable (on_error=skip), per process
 
     def _checked(self, items, sample_rate, seconds, samples) -> list[tuple[Path, int, AudioInfo]]:
         """Reads every header; sets sample_rate and samples; applies on_error to the bad files."""
@@ -206,18 +206,8 @@ class AudioDataset(Dataset):
     def __len__(self):
         return len(self.items)
 
-    def __getitem__(self, i):
-        if self.on_error == "fail":
-            return self._clip(i), self.items[i][1]
-        for j in ((i + k) % len(self) for k in range(len(self))):  # the next good item stands in for a bad one
-            if j in self._bad:
-                continue
-            try:
-                return self._clip(j), self.items[j][1]
-            except DataError as exc:
-                self._bad.add(j)
-                log.warning("skipping (on_error=skip, %d file(s) so far in this process): %s", len(self._bad), exc)
-        raise DataError(f"no decodable audio file left in {self.root}")
+    def load(self, i):
+        return self._clip(i), self.items[i][1]
 
     def _clip(self, i: int) -> torch.Tensor:
         path, _, info = self.items[i]

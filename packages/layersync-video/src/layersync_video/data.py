@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from layersync.data import SkipsBadItems
 from layersync.errors import ConfigError, DataError
 
 log = logging.getLogger("layersync")
@@ -101,7 +102,7 @@ class _Clips(Dataset):
         return {"fps": float(self.fps)}
 
 
-class VideoFolderDataset(_Clips):
+class VideoFolderDataset(SkipsBadItems, _Clips):
     """Clips of the videos under ``path`` (mp4, avi, webm, mkv, recursively).
 
     ``layout``: ``folder`` (unconditional, e.g. CLEVRER) or ``classes`` (UCF-101 style
@@ -143,7 +144,6 @@ class VideoFolderDataset(_Clips):
         rates = [round(fps, 3) for *_, fps in self.items]
         self.fps = max(set(rates), key=rates.count) / stride
         self.sample_shape = (channels, frames, size, size)
-        self._bad: set[int] = set()
 
     def _checked(self, items) -> list[tuple[Path, int, int, float]]:
         good, bad = [], []
@@ -169,18 +169,8 @@ class VideoFolderDataset(_Clips):
     def __len__(self):
         return len(self.items)
 
-    def __getitem__(self, i):
-        if self.on_error == "fail":
-            return self._clip(i), self.items[i][1]
-        for j in ((i + k) % len(self) for k in range(len(self))):
-            if j in self._bad:
-                continue
-            try:
-                return self._clip(j), self.items[j][1]
-            except DataError as exc:
-                self._bad.add(j)
-                log.warning("skipping (on_error=skip, %d file(s) so far in this process): %s", len(self._bad), exc)
-        raise DataError(f"no decodable video file left in {self.root}")
+    def load(self, i):
+        return self._clip(i), self.items[i][1]
 
     def _clip(self, i: int) -> torch.Tensor:
         path, _, n, _ = self.items[i]
