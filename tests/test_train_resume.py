@@ -63,6 +63,23 @@ def test_resume_with_other_settings_is_refused(tmp_path, capsys):
     assert "optim.lr" in capsys.readouterr().err
 
 
+def test_a_folder_without_checkpoints_takes_other_settings(tmp_path):
+    """A run that stopped before its first checkpoint left config.yaml only: it locks nothing."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("optim: {lr: 0.5}\n")  # what a run that failed at step 1 leaves
+    assert train.main(tiny_args(run, 2)) == 0
+    assert [r["step"] for r in read_metrics(run)] == [1, 2]
+
+
+def test_resuming_a_finished_run_says_it_is_complete(tmp_path, caplog):
+    train.main(tiny_args(tmp_path / "run", 2))
+    caplog.clear()
+    with caplog.at_level("INFO", logger="layersync"):
+        assert train.main(tiny_args(tmp_path / "run", 2)) == 0
+    assert "the run is complete: step 2 of 2" in caplog.text and "nan" not in caplog.text
+
+
 def test_resumed_optimizer_keeps_the_flags_of_this_run(tmp_path):
     """An eager checkpoint resumed by a graph-mode run: the optimizer stays capturable, its
     step counts move where capturable wants them, and the lr stays this run's tensor."""

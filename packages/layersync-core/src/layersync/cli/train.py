@@ -187,7 +187,11 @@ def main(argv=None):
     finally:
         distributed.teardown(trainer.env)
     if trainer.env.main:
-        log.info("finished at step %d (loss %.4f)", result["step"], result.get("loss", float("nan")))
+        if "loss" in result:
+            log.info("finished at step %d (loss %.4f)", result["step"], result["loss"])
+        else:  # resumed at train.steps: nothing to do
+            log.info("the run is complete: step %d of %d (raise --steps to train further)", result["step"],
+                     config["train"]["steps"])
         log.info("samples: %s", Path(args.out) / "samples")
         log.info("checkpoints: %s, metrics: %s", Path(args.out) / "checkpoints", Path(args.out) / "metrics.jsonl")
     return 0

@@ -138,9 +138,9 @@ class Trainer:
     def prepare_out_dir(self) -> None:
         """Create the run folder, or check that it holds this same run and resume it."""
         saved_config = self.out / "config.yaml"
-        if saved_config.exists():
-            check_resumable(read_yaml(saved_config), self.config, self.out)
         last = checkpoint.latest(self.out / "checkpoints")
+        if saved_config.exists() and last is not None:  # without a checkpoint there is nothing to keep consistent
+            check_resumable(read_yaml(saved_config), self.config, self.out)
         if last is not None:
             self.restore(last)
             if self.env.main:
