@@ -12,7 +12,6 @@ run of batches, after one untimed batch (worker start).
 from __future__ import annotations
 
 import argparse
-import itertools
 import tempfile
 from pathlib import Path
 

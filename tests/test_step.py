@@ -1,6 +1,5 @@
 """The step function against the plain computation, and its execution modes."""
 
-import copy
 
 import pytest
 import torch

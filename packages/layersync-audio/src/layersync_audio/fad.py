@@ -13,7 +13,6 @@ An embedder has ``tag``, ``sample_rate``, ``dim``, ``to(device)``, ``windows(mon
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torchaudio

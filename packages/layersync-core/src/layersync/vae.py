@@ -1,7 +1,8 @@
 """A diffusers autoencoder (SD-VAE, Stable Audio Open's Oobleck, ...) as a tokenizer.
 
 Modalities subclass ``VAETokenizer`` with their shapes (``latent_shape``); the weights come
-from a local folder the modality names, and nothing is downloaded.
+from a local folder the modality names (``load_pretrained``; the SD-VAE, which images and
+videos share: ``load_sd_vae``), and nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from pathlib import Path
 
 import torch
 
-from layersync.metrics.weights import MissingWeightsError
+from layersync.errors import ConfigError
+from layersync.metrics.weights import MissingWeightsError, weights_dir
+
+SD_SCALE = 0.18215  # the latent scale of the SD-VAE (SD v1, DiT, SiT)
+SD_VARIANTS = {"ema": "stabilityai/sd-vae-ft-ema", "mse": "stabilityai/sd-vae-ft-mse"}
 
 
 def model_fingerprint(model) -> dict:
@@ -35,6 +40,20 @@ def load_pretrained(model_class, folder: Path, what: str, fetch: str):
         return model_class.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
     except (OSError, ValueError) as exc:
         raise MissingWeightsError(f"cannot load the {what} from {folder}: {exc}") from None
+
+
+def load_sd_vae(path: str | Path | None = None, variant: str = "ema"):
+    """The SD-VAE (``AutoencoderKL``) from a local folder: ``path``, else ``$LAYERSYNC_WEIGHTS_DIR/sd-vae-ft-<variant>``
+    (image latents, and video latents frame by frame)."""
+    from diffusers import AutoencoderKL
+
+    if variant not in SD_VARIANTS:
+        raise ConfigError(f"tokenizer.variant must be one of {', '.join(SD_VARIANTS)}, got {variant!r}")
+    folder = Path(path) if path is not None else weights_dir() / f"sd-vae-ft-{variant}"
+    repo = SD_VARIANTS[variant]
+    fetch = (f"fetch them with: hf download {repo} --local-dir {folder} (older huggingface_hub: huggingface-cli "
+             f"download {repo} --local-dir {folder}), or point tokenizer.path at a folder that has them")
+    return load_pretrained(AutoencoderKL, folder, "SD-VAE", fetch)
 
 
 class VAETokenizer:

@@ -6,33 +6,10 @@ The weights are read from a local folder in the layout of ``stabilityai/sd-vae-f
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from layersync.errors import ConfigError
-from layersync.metrics.weights import weights_dir
-from layersync.vae import VAETokenizer, load_pretrained
-
-SD_SCALE = 0.18215  # the latent scale of the SD-VAE (SD v1, DiT, SiT)
-VARIANTS = {"ema": "stabilityai/sd-vae-ft-ema", "mse": "stabilityai/sd-vae-ft-mse"}
-
-
-def default_vae_dir(variant: str = "ema") -> Path:
-    return weights_dir() / f"sd-vae-ft-{variant}"
-
-
-def load_vae(path: str | Path | None = None, variant: str = "ema"):
-    """``AutoencoderKL`` from a local folder (``path``, else ``$LAYERSYNC_WEIGHTS_DIR/sd-vae-ft-<variant>``)."""
-    from diffusers import AutoencoderKL
-
-    if variant not in VARIANTS:
-        raise ConfigError(f"tokenizer.variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-    folder = Path(path) if path is not None else default_vae_dir(variant)
-    repo = VARIANTS[variant]
-    fetch = (f"fetch them with: hf download {repo} --local-dir {folder} (older huggingface_hub: huggingface-cli "
-             f"download {repo} --local-dir {folder}), or point tokenizer.path at a folder that has them")
-    return load_pretrained(AutoencoderKL, folder, "SD-VAE", fetch)
+from layersync.vae import SD_SCALE, VAETokenizer, load_sd_vae
 
 
 class SDVAETokenizer(VAETokenizer):
@@ -58,4 +35,4 @@ class SDVAETokenizer(VAETokenizer):
 
 def sd_vae(path: str | None = None, variant: str = "ema", scale: float = SD_SCALE, device: str | None = None):
     """Tokenizer factory (registry name ``sd-vae``)."""
-    return SDVAETokenizer(load_vae(path, variant), scale, device)
+    return SDVAETokenizer(load_sd_vae(path, variant), scale, device)

@@ -13,7 +13,6 @@ One difference from StyleGAN-V: core's covariance divides by N - 1 where StyleGA
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from layersync.errors import ConfigError, DataError

@@ -1,29 +1,15 @@
 """The SD-VAE applied frame by frame: clips (B, 3, T, H, W) <-> latents (B, 4, T, H/8, W/8).
 
-The weights are the image tokenizer's (``stabilityai/sd-vae-ft-ema`` in diffusers' layout), read
-from a local folder through core's ``layersync.vae``; nothing is downloaded.
+The weights are the image tokenizer's (``stabilityai/sd-vae-ft-ema`` or ``-mse`` in diffusers' layout),
+read from a local folder by core's ``layersync.vae.load_sd_vae``; nothing is downloaded.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from layersync.errors import ConfigError
-from layersync.metrics.weights import weights_dir
-from layersync.vae import VAETokenizer, load_pretrained
-
-SD_SCALE = 0.18215
-REPO = "stabilityai/sd-vae-ft-ema"
-
-
-def load_sd_vae(path: str | Path | None = None):
-    from diffusers import AutoencoderKL
-
-    folder = Path(path) if path is not None else weights_dir() / "sd-vae-ft-ema"
-    fetch = f"fetch them with: hf download {REPO} --local-dir {folder}, or point tokenizer.path at a folder that has them"
-    return load_pretrained(AutoencoderKL, folder, "SD-VAE", fetch)
+from layersync.vae import SD_SCALE, VAETokenizer, load_sd_vae
 
 
 class FrameVAETokenizer(VAETokenizer):
@@ -60,6 +46,6 @@ class FrameVAETokenizer(VAETokenizer):
         return (self.latent_channels, frames, height // self.factor, width // self.factor)
 
 
-def frame_vae(path: str | None = None, scale: float = SD_SCALE, device: str | None = None):
+def frame_vae(path: str | None = None, variant: str = "ema", scale: float = SD_SCALE, device: str | None = None):
     """Tokenizer factory (registry name ``frame-vae``)."""
-    return FrameVAETokenizer(load_sd_vae(path), scale, device)
+    return FrameVAETokenizer(load_sd_vae(path, variant), scale, device)
