@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# The one prepared GPU check, at most BUDGET seconds (default 345: 6 minutes on an H100, install included):
+# The one prepared GPU check, at most BUDGET seconds (default 580: under 10 minutes on an H100, install included):
 #   bash benchmarks/gpu_check.sh          # env: PYTHON (default python3), OUT (default results/gpu)
 # Steps in order of value, each under its own time limit, cut to the time left: install and import
-# check; graph-vs-eager correctness; LayerSync overhead; step speed at SiT-B/2; SiT-XL/2 MFU; a
-# 200-step train run. After every step its log is appended to $OUT/gpu_check.log and $OUT/report.md
+# check; graph-vs-eager correctness; LayerSync overhead; step speed at SiT-B/2; LayerSync-vs-vanilla
+# quality runs (SiT-S/2 on digits; samples to $OUT/quality_samples.npz); SiT-XL/2 MFU; a 200-step
+# train run. After every step its log is appended to $OUT/gpu_check.log and $OUT/report.md
 # (summary of the targets first) and $OUT/results.json are rebuilt, so a run cut short still returns
 # its finished steps; the train run's last sample grid goes to $OUT/samples.png. See benchmarks/README.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-results/gpu}
-BUDGET=${BUDGET:-345}
+BUDGET=${BUDGET:-580}
 WORK=$(mktemp -d)
 SITE=$WORK/site  # the --target install, used only when the python's site-packages is read-only
 mkdir -p "$OUT" "$WORK/logs" "$SITE"
@@ -72,7 +73,7 @@ EOF
 }
 export -f import_check
 
-CUDA_STEPS=(tests graph_check overhead speed_b2 speed_xl2)
+CUDA_STEPS=(tests graph_check overhead speed_b2 quality speed_xl2)
 if ! { step install 90 bash -c install && step import 45 bash -c import_check; }; then
   for name in "${CUDA_STEPS[@]}" train; do record "$name" "NOT RUN (install or import failed)" 0; done
 else
@@ -82,6 +83,7 @@ else
     step overhead 60 "$PY" -m benchmarks overhead --device cuda --size B/2 --input 4x32x32 --batch 64
     step speed_b2 150 "$PY" -m benchmarks step_speed --device cuda --configs B/2:64 --modes eager graph compile \
       --layersync on
+    step quality 290 "$PY" -m benchmarks.gpu_quality "$WORK/quality" "$OUT" --steps 4000 --seeds 0
     step speed_xl2 120 "$PY" -m benchmarks step_speed --device cuda --configs XL/2:256 --modes graph --layersync on \
       --steps 10 --warmup 4
   else
