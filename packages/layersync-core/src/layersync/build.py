@@ -1,15 +1,22 @@
-"""Turn a config into objects through the plugin registry."""
+"""Turn a config into objects through the plugin registry, checking what plugins return."""
 
 from __future__ import annotations
 
 import inspect
+import logging
+import time
+from numbers import Integral
+
+import torch
 
 from layersync.config import options
-from layersync.errors import ConfigError
-from layersync.interfaces import sample_info
+from layersync.errors import ConfigError, PluginError
+from layersync.interfaces import Evaluator, Tokenizer, sample_info
 from layersync.objective import FlowObjective, LayerSync
 from layersync.plugins import Registry
 from layersync.sampling import Sampler, SamplerConfig
+
+log = logging.getLogger("layersync.plugins")
 
 
 def call(kind: str, name: str, factory, *args, **kwargs):
@@ -28,18 +35,67 @@ def lookup(registry: Registry, category: str, name):
         raise ConfigError(exc.args[0]) from None
 
 
+def _is_dataset(obj) -> bool:
+    shape = getattr(obj, "sample_shape", None)
+    return (hasattr(obj, "__getitem__") and hasattr(obj, "__len__") and isinstance(shape, (tuple, list, torch.Size))
+            and all(isinstance(n, Integral) and n > 0 for n in shape)
+            and isinstance(getattr(obj, "num_classes", None), Integral))
+
+
+def _is_backbone(obj) -> bool:
+    depth = getattr(obj, "depth", None)
+    return (isinstance(obj, torch.nn.Module) and isinstance(depth, Integral) and depth >= 1
+            and callable(getattr(obj, "drop_cond", None)))
+
+
+# What each factory must return: (test, the rule in words).
+CONTRACTS = {
+    "datasets": (_is_dataset, "a map-style Dataset (__getitem__, __len__) with sample_shape (positive ints) "
+                              "and an int num_classes"),
+    "tokenizers": (lambda obj: isinstance(obj, Tokenizer), "a Tokenizer (encode, decode, latent_shape)"),
+    "backbones": (_is_backbone, "a torch.nn.Module with an int depth >= 1 and drop_cond(cond, drop)"),
+    "evaluators": (lambda obj: isinstance(obj, Evaluator), "an Evaluator (update(samples, real), compute())"),
+}
+
+
+def make(registry: Registry, category: str, name: str, *args, **kwargs):
+    """Build a registered item and check it against its contract: a broken one is a PluginError
+    naming the plugin, the item and the rule."""
+    kind = category[:-1]
+    factory, began = lookup(registry, category, name), time.perf_counter()
+    built = call(kind, name, factory, *args, **kwargs)
+    if registry.trace:
+        log.info("%s '%s' of plugin '%s' built in %.1f ms", kind, name, registry.owner(category, name),
+                 (time.perf_counter() - began) * 1000)
+    test, rule = CONTRACTS[category]
+    if not test(built):
+        raise PluginError(f"plugin '{registry.owner(category, name)}': {kind} '{name}' returned "
+                          f"{type(built).__name__}, but a {kind} factory must return {rule}")
+    if category == "backbones":  # named in the errors of its forward (train/step.py)
+        built.layersync_origin = f"plugin '{registry.owner(category, name)}', backbone '{name}'"
+    return built
+
+
 def modality(registry: Registry, config: dict):
     return lookup(registry, "modalities", config["modality"])
 
 
+def modality_name(registry: Registry, plugin: str) -> str:
+    """The modality ``--plugin NAME`` selects: a modality, or a plugin that provides exactly one."""
+    try:
+        return registry.modality_for(plugin)
+    except KeyError as exc:
+        raise ConfigError(exc.args[0]) from None
+
+
 def dataset(registry: Registry, config: dict):
     name, opts = options(config["data"])
-    return call("dataset", name, lookup(registry, "datasets", name), **opts)
+    return make(registry, "datasets", name, **opts)
 
 
 def tokenizer(registry: Registry, config: dict):
     name, opts = options(config["tokenizer"])
-    return call("tokenizer", name, lookup(registry, "tokenizers", name), **opts)
+    return make(registry, "tokenizers", name, **opts)
 
 
 def check_compatible(data, tok) -> None:
@@ -53,7 +109,7 @@ def check_compatible(data, tok) -> None:
 
 def backbone(registry: Registry, config: dict, input_shape, num_classes: int):
     name, opts = options(config["model"])
-    return call("backbone", name, lookup(registry, "backbones", name), tuple(input_shape), num_classes, **opts)
+    return make(registry, "backbones", name, tuple(input_shape), num_classes, **opts)
 
 
 def objective(config: dict) -> FlowObjective:

@@ -5,6 +5,8 @@ from layersync.cache import latent_cache
 from layersync.interfaces import IdentityTokenizer
 from layersync.nn import build_sit1d, build_sit3d
 
+LAYERSYNC_PLUGIN_API = 1  # the layersync.PLUGIN_API this plugin is written for
+
 
 @hookimpl
 def layersync_datasets():

@@ -7,3 +7,8 @@ class ConfigError(ValueError):
 
 class DataError(ValueError):
     """Unusable data: the message names the file and what was expected."""
+
+
+class PluginError(ConfigError):
+    """A plugin broke its contract (a factory returned the wrong kind of object, ...); the message
+    names the plugin, the item and the rule."""

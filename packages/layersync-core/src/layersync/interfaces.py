@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 
 import torch
 
+from layersync.errors import PluginError
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -33,6 +35,31 @@ class Backbone(Protocol):
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]: ...
 
     def drop_cond(self, cond, drop: torch.Tensor): ...
+
+
+def check_forward(backbone, result, x: torch.Tensor, capture: tuple[int, ...]):
+    """``(out, hidden)`` of a backbone's forward, or a PluginError naming the backbone and the broken
+    rule. Shapes and types only: nothing is read back from the device."""
+    origin = getattr(backbone, "layersync_origin", f"backbone {type(backbone).__name__}")
+
+    def broken(rule: str):
+        return PluginError(f"{origin}: forward(x, t, cond, capture) {rule}")
+
+    if not isinstance(result, tuple) or len(result) != 2:
+        raise broken(f"returned {type(result).__name__}; it must return (out, {{block: hidden}})")
+    out, hidden = result
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise broken(f"returned out of shape {got}; it must match x, {tuple(x.shape)}")
+    if not isinstance(hidden, dict) or any(k not in hidden for k in capture):
+        got = sorted(hidden) if isinstance(hidden, dict) else type(hidden).__name__
+        raise broken(f"captured {got}; it must return a dict holding blocks {list(capture)}")
+    for k in capture:
+        h = hidden[k]
+        if not isinstance(h, torch.Tensor) or h.dim() != 3 or h.shape[0] != x.shape[0]:
+            got = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
+            raise broken(f"captured block {k} of shape {got}; it must be (B, T, D) with B = {x.shape[0]}")
+    return out, hidden
 
 
 @runtime_checkable

@@ -1,8 +1,20 @@
-"""The plugin manager: discovers plugins through the ``layersync`` entry points."""
+"""The plugin manager: discovers plugins through the ``layersync`` entry points.
+
+Loading is guarded per plugin: a plugin that fails to import (an exception, ``sys.exit``), implements
+an unknown hook, was built for another plugin API or breaks the value contract of a hook is reported
+as failed and the others load. Plugins load first-party first, then by entry-point name; an item
+name that is taken already is refused for the newcomer alone (the rest of it loads) and stays
+reachable as ``plugin:item``. Environment: ``LAYERSYNC_DISABLE_PLUGINS=a,b`` skips plugins,
+``LAYERSYNC_TRACE_PLUGINS=1`` logs each plugin's import and hook calls with their timings.
+"""
 
 from __future__ import annotations
 
 import importlib.metadata as md
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import pluggy
@@ -11,6 +23,16 @@ from layersync import hookspecs
 
 ENTRY_POINT_GROUP = "layersync"
 CATEGORIES = ("modalities", "datasets", "tokenizers", "backbones", "evaluators", "weights")
+FIRST_PARTY = ("layersync-core", "layersync-image", "layersync-audio", "layersync-motion", "layersync-video")
+# The version of what plugins build on (hookspecs, interfaces, layersync.nn, the names in
+# layersync.__all__); a plugin states the one it was built for as LAYERSYNC_PLUGIN_API.
+PLUGIN_API = 1
+
+log = logging.getLogger("layersync.plugins")
+
+
+def singular(category: str) -> str:
+    return "modality" if category == "modalities" else category[:-1]
 
 
 @dataclass
@@ -19,52 +41,142 @@ class PluginInfo:
 
     name: str
     version: str
+    dist: str = "unknown"
+    module: str = ""
+    api: int | None = None
     provides: dict[str, list[str]] = field(default_factory=dict)
+    hooks: list[str] = field(default_factory=list)  # "hook: module.function" of each implementation
+    warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    disabled: bool = False
+
+
+def _value_rule(category: str) -> tuple[Callable[[object], bool], str]:
+    """How a hook's values are checked: (test, what was expected)."""
+    if category == "modalities":
+        from layersync.interfaces import Modality
+
+        return (lambda v: isinstance(v, Modality)), "a layersync.Modality"
+    if category == "weights":
+        from layersync.metrics.weights import WeightFile
+
+        return (lambda v: isinstance(v, WeightFile)), "a layersync.metrics.WeightFile"
+    return callable, "a factory (a callable)"
+
+
+def env_list(name: str) -> set[str]:
+    return {item.strip() for item in os.environ.get(name, "").split(",") if item.strip()}
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
 
 
 class Registry:
-    """Loads every plugin once and answers look-ups by category and name."""
+    """Loads every plugin once and answers look-ups by category and name (or ``plugin:name``)."""
 
-    def __init__(self, entry_points=None):
+    def __init__(self, entry_points=None, disabled: set[str] | None = None, trace: bool | None = None):
         self.pm = pluggy.PluginManager("layersync")
         self.pm.add_hookspecs(hookspecs)
         self.plugins: list[PluginInfo] = []
+        self.trace = env_flag("LAYERSYNC_TRACE_PLUGINS") if trace is None else trace
+        disabled = env_list("LAYERSYNC_DISABLE_PLUGINS") if disabled is None else disabled
         self._tables: dict[str, dict[str, tuple[str, object]]] = {c: {} for c in CATEGORIES}
+        self._own: dict[str, dict[str, dict[str, object]]] = {}  # plugin -> category -> its items
         if entry_points is None:
             entry_points = md.entry_points(group=ENTRY_POINT_GROUP)
-        for ep in sorted(entry_points, key=lambda e: e.name):
-            self._load(ep)
-        self.pm.check_pending()
+        for ep in sorted(entry_points, key=_load_order):
+            if ep.name in disabled:
+                self.plugins.append(PluginInfo(ep.name, _dist_version(ep), _dist_name(ep), ep.value, disabled=True))
+            else:
+                self._load(ep)
 
     def _load(self, ep) -> None:
-        version = ep.dist.version if getattr(ep, "dist", None) else "unknown"
-        info = PluginInfo(ep.name, version)
+        info = PluginInfo(ep.name, _dist_version(ep), _dist_name(ep), ep.value)
+        first = next((p for p in self.plugins if p.name == ep.name), None)
         self.plugins.append(info)
+        if first is not None:  # the same entry-point name from a second distribution
+            info.error = (f"entry point '{ep.name}' of {info.dist} is already taken by {first.dist}; "
+                          f"this one is not loaded (rename the entry point or uninstall one of them)")
+            return
         try:
+            began = time.perf_counter()
             module = ep.load()
+            self._traced(f"plugin '{ep.name}': imported {ep.value} in {_ms(began)}")
+            info.api = getattr(module, "LAYERSYNC_PLUGIN_API", None)
+            self._check_api(info)
             self.pm.register(module, name=ep.name)
-            for category in CATEGORIES:
-                hook = getattr(self.pm.hook, f"layersync_{category}")
-                impls = [i for i in hook.get_hookimpls() if i.plugin_name == ep.name]
-                found = {}
-                for impl in impls:
-                    found.update(impl.function() or {})
-                for name, value in found.items():
-                    if name in self._tables[category]:
-                        owner = self._tables[category][name][0]
-                        raise ValueError(f"{category[:-1]} '{name}' is already provided by plugin '{owner}'")
-                    self._tables[category][name] = (ep.name, value)
-                if found:
-                    info.provides[category] = sorted(found)
-        except Exception as exc:  # a broken plugin must not take the others down
+            self._check_hooks(module)
+            found = self._collect(ep.name, info)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a broken plugin (even one calling sys.exit) must not take the others down
             if self.pm.has_plugin(ep.name):
                 self.pm.unregister(name=ep.name)
-            for table in self._tables.values():
-                for key in [k for k, (owner, _) in table.items() if owner == ep.name]:
-                    del table[key]
-            info.provides = {}
+            info.provides, info.hooks = {}, []
             info.error = f"{type(exc).__name__}: {exc}"
+            return
+        self._own[ep.name] = found
+        for category, items in found.items():
+            table = self._tables[category]
+            for name, value in items.items():
+                if name in table:
+                    owner = table[name][0]
+                    info.warnings.append(f"{singular(category)} '{name}' is already provided by plugin '{owner}': "
+                                         f"refused here; use '{ep.name}:{name}' to choose this one")
+                    log.warning("plugin '%s': %s", ep.name, info.warnings[-1])
+                else:
+                    table[name] = (ep.name, value)
+            if items:
+                info.provides[category] = sorted(items)
+
+    def _check_api(self, info: PluginInfo) -> None:
+        if info.api is None:
+            info.warnings.append(f"declares no LAYERSYNC_PLUGIN_API; assuming it was built for API {PLUGIN_API}")
+        elif info.api != PLUGIN_API:
+            newer = "upgrade layersync-core" if info.api > PLUGIN_API else f"upgrade {info.dist}"
+            raise PluginAPIError(f"built for plugin API {info.api}, but layersync-core "
+                                 f"{_core_version()} speaks API {PLUGIN_API} ({newer})")
+
+    def _check_hooks(self, module) -> None:
+        """Every hook the plugin implements must exist (pluggy checks this only for all plugins at once)."""
+        known = sorted(n for n in dir(hookspecs) if n.startswith("layersync_"))
+        for caller in self.pm.get_hookcallers(module) or []:
+            if not caller.has_spec():
+                raise pluggy.PluginValidationError(
+                    module, f"unknown hook '{caller.name}' (known: {', '.join(known)})")
+
+    def _collect(self, plugin: str, info: PluginInfo) -> dict[str, dict[str, object]]:
+        """Call the plugin's hooks and check what they return: a mapping of names to valid values."""
+        found: dict[str, dict[str, object]] = {}
+        for category in CATEGORIES:
+            hook = getattr(self.pm.hook, f"layersync_{category}")
+            test, expected = _value_rule(category)
+            for impl in hook.get_hookimpls():
+                if impl.plugin_name != plugin:
+                    continue
+                info.hooks.append(f"{hook.name}: {impl.function.__module__}.{impl.function.__qualname__}")
+                began = time.perf_counter()
+                value = impl.function()
+                self._traced(f"plugin '{plugin}': {hook.name}() in {_ms(began)}")
+                if value is None:
+                    continue
+                if not isinstance(value, Mapping):
+                    raise PluginContractError(f"{hook.name}() returned {type(value).__name__}; "
+                                              f"expected a dict of name -> {expected}")
+                for name, item in value.items():
+                    if not isinstance(name, str) or not name or ":" in name:
+                        raise PluginContractError(f"{hook.name}() returned the name {name!r}; "
+                                                  f"expected a non-empty string without ':'")
+                    if not test(item):
+                        raise PluginContractError(f"{singular(category)} '{name}' is {type(item).__name__}; "
+                                                  f"expected {expected}")
+                found.setdefault(category, {}).update(value)
+        return found
+
+    def _traced(self, message: str) -> None:
+        if self.trace:
+            log.info("%s", message)
 
     def names(self, category: str) -> list[str]:
         return sorted(self._tables[category])
@@ -73,19 +185,104 @@ class Registry:
         """``{plugin: error}`` of the plugins that failed to load."""
         return {p.name: p.error for p in self.plugins if p.error}
 
+    def owner(self, category: str, name: str) -> str:
+        """The plugin whose item a name resolves to."""
+        plugin, _, item = name.rpartition(":")
+        if plugin:
+            self.get(category, name)
+            return plugin
+        try:
+            return self._tables[category][item][0]
+        except KeyError:
+            self.get(category, name)  # raises, saying why
+            raise
+
     def get(self, category: str, name: str):
         """Return the registered value or raise ``KeyError`` saying why it is not there:
         the plugin of that name failed to load (and how), or the known names."""
+        plugin, _, item = name.rpartition(":")
+        if plugin:
+            return self._qualified(category, plugin, item)
         try:
             return self._tables[category][name][1]
         except KeyError:
-            failed = self.failures()
-            if name in failed:
-                raise KeyError(f"plugin '{name}' failed to load: {failed[name]}") from None
-            what = "plugin" if category == "modalities" else category[:-1]
-            known = ", ".join(self.names(category)) or "none installed"
-            broken = "".join(f"; plugin '{n}' failed to load: {e}" for n, e in failed.items())
-            raise KeyError(f"unknown {what} '{name}' (known: {known}){broken}") from None
+            raise KeyError(self._unknown(category, name)) from None
+
+    def _qualified(self, category: str, plugin: str, item: str):
+        what = singular(category)
+        if plugin not in self._own:
+            raise KeyError(self._plugin_problem(plugin))
+        try:
+            return self._own[plugin][category][item]
+        except KeyError:
+            known = ", ".join(sorted(self._own[plugin].get(category, {}))) or "none"
+            raise KeyError(f"plugin '{plugin}' provides no {what} '{item}' (its {category}: {known})") from None
+
+    def _plugin_problem(self, plugin: str) -> str:
+        """Why a plugin of this name is not loaded."""
+        info = next((p for p in self.plugins if p.name == plugin), None)
+        if info is None:
+            known = ", ".join(p.name for p in self.plugins) or "none installed"
+            return f"no plugin '{plugin}' is installed (installed: {known})"
+        if info.disabled:
+            return f"plugin '{plugin}' is disabled by LAYERSYNC_DISABLE_PLUGINS"
+        return f"plugin '{plugin}' failed to load: {info.error}"
+
+    def _unknown(self, category: str, name: str) -> str:
+        failed = self.failures()
+        if name in failed or any(p.name == name and p.disabled for p in self.plugins):
+            return self._plugin_problem(name)
+        what = "plugin" if category == "modalities" else singular(category)
+        known = ", ".join(self.names(category)) or "none installed"
+        broken = "".join(f"; plugin '{n}' failed to load: {e}" for n, e in failed.items())
+        return f"unknown {what} '{name}' (known: {known}){broken}"
+
+    def modality_for(self, name: str) -> str:
+        """What ``--plugin NAME`` means: a modality, or a plugin that provides exactly one modality."""
+        if name in self._tables["modalities"] or ":" in name:
+            self.get("modalities", name)
+            return name
+        if name in self._own:
+            mine = sorted(self._own[name].get("modalities", {}))
+            if len(mine) == 1:  # qualified when another plugin holds the plain name
+                return mine[0] if self.owner("modalities", mine[0]) == name else f"{name}:{mine[0]}"
+            listed = f"several modalities ({', '.join(mine)})" if mine else "no modality"
+            raise KeyError(f"plugin '{name}' provides {listed}: give --plugin a modality "
+                           f"({', '.join(self.names('modalities'))})")
+        raise KeyError(self._unknown("modalities", name))
+
+
+class PluginContractError(TypeError):
+    """A hook returned something that breaks the plugin contract."""
+
+
+class PluginAPIError(RuntimeError):
+    """A plugin was built for another plugin API version."""
+
+
+def _load_order(ep) -> tuple:
+    return (_dist_name(ep) not in FIRST_PARTY, ep.name, _dist_name(ep))
+
+
+def _dist_name(ep) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.metadata["Name"] if dist is not None else "unknown"
+
+
+def _dist_version(ep) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.version if dist is not None else "unknown"
+
+
+def _core_version() -> str:
+    try:
+        return md.version("layersync-core")
+    except md.PackageNotFoundError:
+        return "(source tree)"
+
+
+def _ms(began: float) -> str:
+    return f"{(time.perf_counter() - began) * 1000:.1f} ms"
 
 
 _registry: Registry | None = None

@@ -13,6 +13,8 @@ from layersync_image.vae import sd_vae
 
 RECIPES = Path(__file__).parent / "recipes"
 
+LAYERSYNC_PLUGIN_API = 1  # the layersync.PLUGIN_API this plugin is written for
+
 
 @hookimpl
 def layersync_modalities():

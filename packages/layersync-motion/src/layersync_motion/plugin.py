@@ -11,6 +11,8 @@ from layersync_motion.t2m import WEIGHTS
 
 RECIPES = Path(__file__).parent / "recipes"
 
+LAYERSYNC_PLUGIN_API = 1  # the layersync.PLUGIN_API this plugin is written for
+
 
 @hookimpl
 def layersync_modalities():

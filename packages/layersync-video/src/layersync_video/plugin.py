@@ -12,6 +12,8 @@ from layersync_video.tokenizers import frame_vae
 
 RECIPES = Path(__file__).parent / "recipes"
 
+LAYERSYNC_PLUGIN_API = 1  # the layersync.PLUGIN_API this plugin is written for
+
 
 @hookimpl
 def layersync_modalities():

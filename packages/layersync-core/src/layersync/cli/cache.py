@@ -43,7 +43,7 @@ def cache_config(modality, args) -> dict:
 def run(args) -> dict:
     """Build the modality's data set and tokenizer from the config and write (or complete) the cache."""
     reg = registry()
-    modality = build.lookup(reg, "modalities", args.plugin)
+    modality = build.lookup(reg, "modalities", build.modality_name(reg, args.plugin))
     config = cache_config(modality, args)
     name, options = configuration.options(config["data"])
     if name == "latent-cache":

@@ -78,22 +78,24 @@ def main(argv=None):
     if args.batch < 1:
         raise ConfigError(f"--batch must be at least 1, got {args.batch}")
     reg = registry()
-    modality = build.lookup(reg, "modalities", args.plugin)
+    chosen = build.modality_name(reg, args.plugin)
+    modality = build.lookup(reg, "modalities", chosen)
     if modality.read_samples is None:
-        raise ConfigError(f"modality '{args.plugin}' has no evaluation (it reads no sample sets)")
+        raise ConfigError(f"modality '{chosen}' has no evaluation (it reads no sample sets)")
     names = args.evaluators or list(modality.evaluators)
     if args.weights and len(names) > 1:
         raise ConfigError(f"--weights names one network, but {len(names)} evaluators run ({', '.join(names)}); "
                           "choose one with --evaluator")
-    factories = {name: build.lookup(reg, "evaluators", name) for name in names}
+    for name in names:  # unknown names fail before any sample is read
+        build.lookup(reg, "evaluators", name)
     samples, reference = modality.read_samples(Path(args.samples)), modality.read_samples(Path(args.ref))
     if hasattr(samples, "check_reference"):
         samples.check_reference(reference)
     stats = reference.statistics()
     device = pick_device(args.device)
     result, evaluators = {}, []
-    for name, factory in factories.items():
-        evaluator = build.call("evaluator", name, factory, weights=args.weights, batch=args.batch, device=device)
+    for name in names:
+        evaluator = build.make(reg, "evaluators", name, weights=args.weights, batch=args.batch, device=device)
         evaluators.append(evaluator)
         result.update(run(evaluator, samples, reference, stats, args.batch))
         if hasattr(evaluator, "weights_path"):

@@ -1,10 +1,13 @@
-"""layersync: the umbrella command (plugins, weights, fetch)."""
+"""layersync: the umbrella command (plugins, weights, fetch, check-plugin, new-plugin)."""
 
 from __future__ import annotations
 
+import sys
 import urllib.request
 from pathlib import Path
 
+import layersync
+from layersync.cli import check_plugin, new_plugin
 from layersync.cli.common import Parser, entry_point
 from layersync.errors import ConfigError
 from layersync.files import atomic
@@ -12,11 +15,19 @@ from layersync.metrics.weights import MissingWeightsError, resolve_weights, weig
 from layersync.plugins import registry
 
 
-def describe(info) -> str:
+def describe(info, verbose: bool = False) -> str:
+    if info.disabled:
+        return f"{info.name} {info.version}: disabled (LAYERSYNC_DISABLE_PLUGINS)"
     if info.error:
         return f"{info.name} {info.version}: FAILED TO LOAD ({info.error})"
     parts = [f"{category}: {', '.join(names)}" for category, names in info.provides.items()]
-    return f"{info.name} {info.version}: " + ("; ".join(parts) or "contributes nothing")
+    lines = [f"{info.name} {info.version}: " + ("; ".join(parts) or "contributes nothing")]
+    if verbose:
+        api = "undeclared" if info.api is None else info.api
+        lines.append(f"  distribution {info.dist}, module {info.module}, plugin API {api}")
+        lines += [f"  hook {hook}" for hook in info.hooks]
+    lines += [f"  warning: {text}" for text in info.warnings]
+    return "\n".join(lines)
 
 
 def list_weights(reg) -> None:
@@ -47,17 +58,24 @@ def fetch(reg, name: str) -> Path:
 def main(argv=None):
     p = Parser(prog="layersync", description="LayerSync utilities.")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("plugins", help="list discovered plugins, their versions and what they contribute")
+    plugins = sub.add_parser("plugins", help="list discovered plugins, their versions and what they contribute")
+    plugins.add_argument("-v", "--verbose", action="store_true",
+                         help="also each plugin's distribution, module, plugin API and hook implementations")
     sub.add_parser("weights", help=f"list the published weight files plugins need and whether they are in {weights_dir()}")
     fetch_parser = sub.add_parser("fetch", help="download a listed weight file (needs internet) and verify it")
     fetch_parser.add_argument("name")
+    check_plugin.configure(sub.add_parser("check-plugin", help="build and exercise every piece a plugin provides"))
+    new_plugin.configure(sub.add_parser("new-plugin", help=new_plugin.HELP))
     args = p.parse_args(argv)
+    if args.command == "check-plugin":
+        return check_plugin.run(args)
+    if args.command == "new-plugin":
+        return new_plugin.run(args)
     reg = registry()
     if args.command == "plugins":
-        if not reg.plugins:
-            print("no plugins installed (install e.g. layersync-image)")
+        print(f"layersync-core {layersync.__version__}, plugin API {layersync.PLUGIN_API}")
         for info in reg.plugins:
-            print(describe(info))
+            print(describe(info, args.verbose))
     elif args.command == "weights":
         list_weights(reg)
     else:
@@ -66,4 +84,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

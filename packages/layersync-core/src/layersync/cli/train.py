@@ -7,6 +7,7 @@ import ast
 import logging
 from pathlib import Path
 
+from layersync import build
 from layersync import config as configuration
 from layersync.cli.common import Parser, add_config_args, choice, entry_point, sit_size
 from layersync.errors import ConfigError
@@ -162,12 +163,10 @@ def flag_settings(args) -> list[tuple[str, str, object]]:
 
 def resolve(args, reg) -> dict:
     """The run's config: recipe, --config, --set, then the dedicated and reference flags."""
-    try:
-        modality = reg.get("modalities", args.plugin)
-    except KeyError as exc:
-        raise ConfigError(exc.args[0]) from None
+    name = build.modality_name(reg, args.plugin)
+    modality = build.lookup(reg, "modalities", name)
     given = flag_settings(args)
-    config = configuration.load(modality.recipe, args.config, [f"modality={args.plugin}", *args.assignments])
+    config = configuration.load(modality.recipe, args.config, [f"modality={name}", *args.assignments])
     for _, key, value in given:
         config = configuration.set_value(config, key, value)
     return config

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from layersync.interfaces import check_forward
 from layersync.objective import FlowObjective, LayerSync
 
 
@@ -60,7 +61,8 @@ class TrainStep:
         xt, _ = self.objective.path.interpolate(x1, x0, t)
         masked = {} if mask is None else {"mask": mask}  # backbones without masks keep their signature
         with torch.autocast(x1.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
-            pred, hidden = self.model(xt, t, cond, capture=self.capture, **masked)
+            pred, hidden = check_forward(self.backbone, self.model(xt, t, cond, capture=self.capture, **masked),
+                                         xt, self.capture)
         flow = self.objective.loss(pred.float(), x1, x0, t, mask).mean()
         if self.layersync is None:
             sync = torch.zeros((), device=x1.device)

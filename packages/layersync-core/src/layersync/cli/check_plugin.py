@@ -1,0 +1,32 @@
+"""layersync check-plugin NAME: the conformance checks a plugin's CI runs (see ``layersync.check``).
+
+Prints one row per check, ``PASS|FAIL|SKIP  item  check  detail``; exit code 0 without a
+FAIL, 1 with one, 2 for an unknown plugin name.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from layersync.errors import ConfigError
+
+def configure(parser) -> None:
+    parser.add_argument("name", metavar="NAME", help="the plugin (its entry-point name, see `layersync plugins`)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (default), cuda, cuda:1 or auto; with CUDA available, graph safety is also "
+                             "checked on a CUDA forward")
+
+
+def run(args) -> int:
+    from layersync.check import check_plugin, exit_code, table
+    from layersync.train.distributed import pick_device
+
+    try:
+        results = check_plugin(args.name, device=pick_device(args.device))
+    except ConfigError as exc:
+        print(f"layersync check-plugin: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    print(table(results))
+    counts = {status: sum(r.status == status for r in results) for status in ("PASS", "FAIL", "SKIP")}
+    print(f"{counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped")
+    return exit_code(results)
