@@ -18,7 +18,7 @@ mkdir -p "$OUT" "$WORK/logs" "$SITE"
 rm -f "$OUT/report.md" "$OUT/results.json" "$OUT/samples.png"
 : >"$OUT/gpu_check.log"
 export PY WORK SITE LAYERSYNC_RESULTS=$WORK/results PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-export PYTHONPATH=$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=$PWD:$SITE:$PWD/packages/layersync-core/src:$PWD/packages/layersync-image/src${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$WORK/nvidia-smi.txt" 2>/dev/null \
   || echo "nvidia-smi not available" >"$WORK/nvidia-smi.txt"
 
@@ -49,11 +49,24 @@ step() {  # step NAME LIMIT COMMAND...: run it under min(LIMIT, time left); true
   [[ $status == PASS ]]
 }
 
-install() {  # editable into $PY's site-packages; if that is read-only, into $SITE (on PYTHONPATH)
+install() {  # editable into $PY's site-packages; if that is read-only, into $SITE (on PYTHONPATH);
+  # if the machine's setuptools cannot build them (PEP 639 licences need setuptools >= 77), the sources
+  # are on PYTHONPATH already and $SITE gets the two dist-infos whose entry points the registry reads
   local packages=(packages/layersync-core packages/layersync-image)
   "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e "${packages[0]}" -e "${packages[1]}" && return
   echo "editable install failed: installing into $SITE"
-  "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --target "$SITE" "${packages[@]}"
+  "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --target "$SITE" "${packages[@]}" && return
+  echo "pip cannot build the packages here: entry points written into $SITE"
+  "$PY" - "$SITE" <<'EOF'
+import pathlib, sys, tomllib
+for name in ("layersync-core", "layersync-image"):
+    project = tomllib.loads(pathlib.Path(f"packages/{name}/pyproject.toml").read_text())["project"]
+    info = pathlib.Path(sys.argv[1]) / f"{name.replace('-', '_')}-{project['version']}.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {project['version']}\n")
+    points = "".join(f"{k} = {v}\n" for k, v in project["entry-points"]["layersync"].items())
+    (info / "entry_points.txt").write_text(f"[layersync]\n{points}")
+EOF
 }
 export -f install
 

@@ -12,6 +12,7 @@ from PIL import Image
 from helpers import read_metrics
 from layersync.cli import eval as eval_cli
 from layersync.cli import sample, train
+from layersync.nn import SiT1D
 from layersync_motion.data import MotionDataset
 from layersync_motion.t2m import T2MNetworks, WordVectors
 from test_motion_data import tiny_clip
@@ -77,11 +78,15 @@ def humanml3d_folder(root, data: MotionDataset):
     return root
 
 
-def test_text_conditions_train_sample_with_guidance_and_evaluate(tmp_path, capsys, stand_in_evaluator):
+def test_text_conditions_train_sample_with_guidance_and_evaluate(tmp_path, capsys, stand_in_evaluator, monkeypatch):
     clip = tiny_clip(tmp_path / "clip")
     text = ["--set", "data.condition=text", "--set", f"data.text_encoder={clip}", "--set", "model.cond_dims={text: 16}"]
     run = tmp_path / "run"
+    dropped = []  # text conditions have no classes, and are still dropped for guidance
+    drop_cond = SiT1D.drop_cond
+    monkeypatch.setattr(SiT1D, "drop_cond", lambda self, cond, drop: dropped.append(sorted(cond)) or drop_cond(self, cond, drop))
     assert train.main(["--plugin", "motion", "--out", str(run), "--steps", "2", *QUICK, *text]) == 0
+    assert dropped == [["text"], ["text"]]
     check_run(run)
     state = torch.load(run / "checkpoints" / "step_0000002.pt", weights_only=True)
     assert state["sample_info"]["fps"] == 20 and len(state["sample_info"]["mean"]) == 263

@@ -401,7 +401,7 @@ class Pipeline:
 
     @property
     def cfg_dropout(self) -> float:
-        return self.config["train"]["cfg_dropout"] if self.num_classes else 0.0
+        return self.config["train"]["cfg_dropout"]
 
 
 def check_modality(rep: Report, reg: Registry, name: str, device, folder: Path, used: set) -> None:

@@ -21,7 +21,8 @@ class Backbone(Protocol):
     ``forward(x, t, cond, capture=(k, ...))`` returns ``(out, {k: h_k})``
     where ``h_k`` is the output of block ``k`` (1-based), shape (B, T, D).
     ``drop_cond(cond, drop)`` replaces the condition of the rows where the
-    boolean mask ``drop`` is true by the null condition (label dropout, CFG).
+    boolean mask ``drop`` is true by the null condition (label dropout, CFG);
+    an unconditional backbone returns ``cond`` as it is.
     ``cond`` is a tensor (labels) or a dict of tensors (``layersync.trees``).
     A backbone for data sets that yield ``(x, cond, mask)`` also takes
     ``forward(..., mask=mask)`` and maps data positions to tokens with

@@ -206,7 +206,7 @@ class Trainer:
             self.ema,
             grad_clip=self.config["optim"]["grad_clip"],
             autocast_dtype=self.autocast_dtype,
-            cfg_dropout=cfg["cfg_dropout"] if self.num_classes else 0.0,
+            cfg_dropout=cfg["cfg_dropout"],  # labels or vector conditions (text); unconditional: drop_cond is a no-op
             generator=self.generator,
             rank=self.env.rank,
             world=self.env.world,
