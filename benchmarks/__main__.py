@@ -13,6 +13,7 @@ SUITES = {
     "audio_data": "audio clips/s decoded and resampled through a DataLoader, 0 and 2 workers",
     "video_attention": "memory and time of full vs factorised SiT-3D attention as the clip grows (T = 8, 16, 32)",
     "video_data": "video clips/s decoded (decord), resized and cropped through a DataLoader, 0 and 2 workers",
+    "faults": "SIGKILL at random points, a full disk, a corrupt checkpoint: resumed runs end bit-identical",
 }
 
 

@@ -91,7 +91,8 @@ if ! { step install 90 bash -c install && step import 45 bash -c import_check; }
   for name in "${CUDA_STEPS[@]}" train; do record "$name" "NOT RUN (install or import failed)" 0; done
 else
   if grep -q '"cuda_available": true' "$WORK/env.json"; then
-    step tests 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_step.py tests/test_masks_and_trees.py -k "on_cuda or fresh_noise"
+    step tests 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_step.py tests/test_masks_and_trees.py \
+      tests/test_nonfinite_and_signals.py -k "on_cuda or fresh_noise or on_replay"
     step graph_check 90 "$PY" -m benchmarks.graph_check
     step overhead 60 "$PY" -m benchmarks overhead --device cuda --size B/2 --input 4x32x32 --batch 64
     step speed_b2 150 "$PY" -m benchmarks step_speed --device cuda --configs B/2:64 --modes eager graph compile \

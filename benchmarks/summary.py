@@ -19,7 +19,7 @@ from pathlib import Path
 TARGETS = (
     ("install and import", None, ("install", "import"),
      "pip install (editable, else --target); layersync, layersync_image and the image plugin load"),
-    ("tests", None, ("tests",), "CUDA tests of tests/test_step.py"),
+    ("tests", None, ("tests",), "CUDA tests (graph step, conditions, non-finite flags)"),
     ("graph replay equals eager", "graph_replay", ("graph_check",), "benchmarks/graph_check.py within tolerance"),
     ("LayerSync overhead", "overhead", ("overhead",), "on/off step time <= 1.02, SiT-B/2 batch 64"),
     ("graph speed-up", "graph_speedup", ("speed_b2",), "graph >= 1.3x eager, SiT-B/2 batch 64"),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import time
 from numbers import Integral
 
 import torch
 
 from layersync.config import options
-from layersync.errors import ConfigError, PluginError
+from layersync.errors import ConfigError, DataError, PluginError
 from layersync.interfaces import Evaluator, Tokenizer, sample_info
 from layersync.objective import FlowObjective, LayerSync
 from layersync.plugins import Registry
@@ -109,7 +110,12 @@ def check_compatible(data, tok) -> None:
 
 def backbone(registry: Registry, config: dict, input_shape, num_classes: int):
     name, opts = options(config["model"])
-    return make(registry, "backbones", name, tuple(input_shape), num_classes, **opts)
+    try:
+        return make(registry, "backbones", name, tuple(input_shape), num_classes, **opts)
+    except (ConfigError, DataError):
+        raise
+    except ValueError as exc:  # the factory refuses its options for this input (image size vs patch, ...)
+        raise ConfigError(f"model: backbone '{name}' for inputs of shape {tuple(input_shape)}: {exc}") from None
 
 
 def objective(config: dict) -> FlowObjective:
@@ -121,6 +127,13 @@ def objective(config: dict) -> FlowObjective:
 
 def layersync(config: dict, depth: int) -> LayerSync | None:
     section = config["layersync"]
+    weight = section["weight"]
+    try:
+        ok = not isinstance(weight, bool) and math.isfinite(float(weight)) and float(weight) >= 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:  # NaN would train on NaN, inf or a negative weight on a diverging term
+        raise ConfigError(f"layersync.weight must be a finite number >= 0, got {weight!r}")
     pairs = section["pairs"] or []
     if not pairs:
         return None

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from layersync.errors import ConfigError
+from layersync.errors import ConfigError, reason
+from layersync.schema import check_value, validate
 
 DEFAULTS: dict = {
     "modality": None,
@@ -35,9 +36,12 @@ DEFAULTS: dict = {
         "cfg_dropout": 0.1,
         "log_every": 100,
         "ckpt_every": 10_000,
+        "keep": 0,  # keep the last N checkpoints (0: all of them; nothing is deleted unasked)
+        "keep_every": 0,  # with keep > 0, also keep the checkpoints of every Mth step (0: none)
         "sample_every": 10_000,
         "num_workers": 4,
         "device": "auto",
+        "on_nonfinite": "stop",  # NaN/inf in a loss or the gradients: stop (exit 3) or skip the step
     },
     "sample": {
         "method": "ode",
@@ -78,6 +82,12 @@ def read_yaml(path: Path) -> dict:
         data = parse_yaml(Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder, not a YAML file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not text (UTF-8): {exc.reason} at byte {exc.start}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {reason(exc)}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -107,15 +117,24 @@ def merge(base: dict, update: dict, where: str = "") -> dict:
 
 
 def set_key(config: dict, assignment: str) -> dict:
-    """Apply ``section.key=value``; the value is parsed as YAML (numbers, lists, null)."""
+    """Apply ``section.key=value``; the value is parsed as YAML (numbers, lists, null, a plain
+    word as a string). A value that is not valid YAML (an unbalanced bracket or quote, a
+    character that cannot start a YAML value such as ``@`` or a backquote) is an error: quote
+    it to mean the string. The key's schema rule is checked here (``schema.check_value``);
+    rules between keys when the whole config is known (``validate``)."""
     if "=" not in assignment:
         raise ConfigError(f"--set expects key=value, got '{assignment}'")
     dotted, raw = assignment.split("=", 1)
+    dotted = dotted.strip()
     try:
         value = parse_yaml(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    return set_value(config, dotted.strip(), value)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"--set {dotted}={raw}: the value is not valid YAML ({problem}); "
+                          f"to give it as a string, quote it: {dotted}=\"'{raw}'\"") from None
+    config = set_value(config, dotted, value)
+    check_value(dotted, value)
+    return config
 
 
 def set_value(config: dict, dotted: str, value) -> dict:
@@ -134,7 +153,7 @@ def load(recipe: Path | None, config_file: Path | None = None, assignments=()) -
             config = merge(config, read_yaml(path))
     for assignment in assignments:
         config = set_key(config, assignment)
-    return config
+    return validate(config)
 
 
 def options(section: dict) -> tuple[str, dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Iterable, Sequence
 
 import torch
@@ -100,6 +101,8 @@ class LayerSync:
     def __init__(self, pairs: Iterable[Sequence[int]] = ((8, 16),), weight: float = 0.2, depth: int | None = None):
         self.pairs = [tuple(int(i) for i in p) for p in pairs]
         self.weight = float(weight)
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ValueError(f"LayerSync weight must be a finite number >= 0, got {weight!r}")
         for pair in self.pairs:
             if len(pair) != 2:
                 raise ValueError(f"LayerSync pair {pair} must be (student, teacher)")

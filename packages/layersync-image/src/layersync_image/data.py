@@ -59,6 +59,28 @@ class DigitsDataset(Dataset):
 
 ON_ERROR = ("fail", "skip")
 
+# PIL modes of 8 bits per channel, which ``convert`` maps to L or RGB as they are.
+EIGHT_BIT_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+# 16-bit grey: 0..65535, scaled by 255 / 65535 (= 1 / 257: 8-bit v stored as 16 bits is v * 257).
+SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def to_8bit(image: Image.Image, where: str) -> Image.Image:
+    """``image`` with 8 bits per channel: 16-bit grey scaled to 0..255, 8-bit modes as they are.
+
+    Pillow opens a 16-bit grey PNG or TIFF as ``I;16`` (older versions a PNG as ``I``, which
+    then holds 0..65535 as well); ``convert("L")`` of those clips every value above 255 to
+    white. Other modes (32-bit integer, float) have no range to scale from: a DataError
+    naming the file and the mode.
+    """
+    if image.mode in EIGHT_BIT_MODES:
+        return image
+    if image.mode in SIXTEEN_BIT_MODES or (image.mode == "I" and image.format == "PNG"):
+        values = np.asarray(image).astype(np.float64)
+        return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8))
+    raise DataError(f"image {where} has mode {image.mode}, which is not supported: expected 8-bit grey, "
+                    "palette, RGB(A) or CMYK, or 16-bit grey (convert it, e.g. to 8-bit PNG)")
+
 
 class _Images(Dataset):
     """Shared by the image readers: decoding, ADM centre crop, flip, [-1, 1], the on_error policy.
@@ -79,10 +101,16 @@ class _Images(Dataset):
         self.transform = transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(0.5, 0.5)])
 
     def decode(self, source, where: str) -> Image.Image:
-        """A path or encoded bytes -> image in this data set's mode; a DataError naming ``where``."""
+        """A path or encoded bytes -> image in this data set's mode; a DataError naming ``where``.
+
+        16-bit images (PNG, TIFF) are scaled to 8 bits (``PIL.convert`` would clip them to
+        white); modes without a known range (32-bit integer, float) are refused.
+        """
         try:
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-                return image.convert(self.mode)
+                return to_8bit(image, where).convert(self.mode)
+        except DataError:
+            raise
         except Exception as exc:
             raise DataError(f"cannot read image {where}: {exc}") from None
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import signal
 import sys
 from functools import wraps
 
-from layersync.errors import ConfigError, DataError
+from layersync.errors import ConfigError, DataError, NonFiniteError
 
 BAD_INPUT = (ConfigError, DataError, FileNotFoundError)
+# errno values that only writing gives (a file error with another errno may come from reading)
+WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG}
+NONFINITE_EXIT = 3
 
 
 class Parser(argparse.ArgumentParser):
@@ -34,15 +39,42 @@ def _guarded(prog, func):
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
         try:
             return func(argv)
+        except OSError as exc:
+            if exc.errno is None or exc.filename is None:
+                if isinstance(exc, BAD_INPUT):  # FileNotFoundError("a message")
+                    _fail(prog, exc)
+                raise
+            _fail(prog, file_error(exc))
         except BAD_INPUT as exc:
             text = " ".join(str(exc.args[0] if exc.args else exc).split())
             print(f"{prog}: error: {text}", file=sys.stderr)
             sys.exit(2)
-        except KeyboardInterrupt as exc:
+        except NonFiniteError as exc:  # NaN or inf in training or samples: exit 3
+            text = " ".join(str(exc.args[0] if exc.args else exc).split())
+            print(f"{prog}: error: {text}", file=sys.stderr)
+            sys.exit(NONFINITE_EXIT)
+        except KeyboardInterrupt as exc:  # 128 + the signal: 130 for SIGINT (Ctrl-C), 143 for SIGTERM
             print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
-            sys.exit(130)
+            sys.exit(143 if getattr(exc, "signum", None) == signal.SIGTERM else 130)
 
     return main
+
+
+def file_error(exc: OSError) -> str:
+    """An OSError about a file as one phrase: 'cannot write X: no space left on device' for the
+    errors that only writing gives, else 'X: permission denied' ('A -> B: ...' for a rename)."""
+    from layersync.errors import reason
+
+    where = str(exc.filename) + (f" -> {exc.filename2}" if getattr(exc, "filename2", None) else "")
+    if exc.errno in WRITE_ERRNOS:
+        return f"cannot write {where}: {reason(exc)}"
+    return f"{where}: {reason(exc)}"
+
+
+def _fail(prog, exc) -> None:
+    text = " ".join(str(exc.args[0] if isinstance(exc, Exception) and exc.args else exc).split())
+    print(f"{prog}: error: {text}", file=sys.stderr)
+    sys.exit(2)
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from layersync import build, trees
 from layersync import config as configuration
 from layersync.cli.common import Parser, choice, entry_point, sit_size
-from layersync.errors import ConfigError, DataError
+from layersync.errors import ConfigError, DataError, NonFiniteError
 from layersync.files import atomic, write_json
 from layersync.interfaces import Modality, sample_info
 from layersync.plugins import registry
@@ -157,6 +157,7 @@ def sample_config(config: dict, args) -> dict:
     sample.update({key: value for key, value in flags.items() if value is not None})
     if args.num_sampling_steps is not None:  # N grid points: N - 1 ODE steps; our SDE counts grid points too
         sample["steps"] = args.num_sampling_steps - 1 if sample["method"] == "ode" else args.num_sampling_steps
+    configuration.validate({"sample": sample})  # what this command changes; the rest is the checkpoint's
     return config
 
 
@@ -203,7 +204,12 @@ class Model:
         """Samples start .. start+len(labels)-1, decoded, as float on the CPU."""
         cond, mask = self.conditions(labels)
         z = seeded_samples(self.sampler, self.backbone, self.shape, cond, seed, start, mask=mask)
-        return self.tokenizer.decode(z).float().cpu()
+        x = self.tokenizer.decode(z).float().cpu()
+        if not torch.isfinite(x).all():  # never write NaN samples and exit 0
+            raise NonFiniteError(f"samples {start}..{start + len(labels) - 1} hold NaN or inf: the checkpoint's "
+                                 "weights or these sampler settings give non-finite output; nothing was written "
+                                 "for them")
+        return x
 
 
 def load_model(args, device: torch.device) -> Model:

@@ -83,6 +83,17 @@ LOSS_FLAGS = {
 }
 
 
+def positive_int(value: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got '{value}'") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {number}")
+    return number
+
+
 def _dest(flag: str) -> str:
     return "ref_" + flag[2:].replace("-", "_")
 
@@ -93,7 +104,10 @@ def parser() -> Parser:
     add_config_args(p)
     p.add_argument("--data", help="data location (sets data.path)")
     p.add_argument("--out", required=True, help="run folder; running again with the same folder resumes")
-    p.add_argument("--steps", type=int, help="total training steps (sets train.steps)")
+    p.add_argument("--restart", action="store_true",
+                   help="start the run in --out over from step 0: its outputs so far (checkpoints/, metrics.jsonl, "
+                        "samples/, config.yaml) are moved into OUT/previous_N/, not deleted")
+    p.add_argument("--steps", type=positive_int, help="total training steps (sets train.steps)")
     p.add_argument("--seed", type=int, help="sets seed")
     p.add_argument("--layersync", metavar="K:K2[,K:K2...]|off", help="LayerSync block pairs (1-based) or off")
     p.add_argument("--layersync-weight", type=float, metavar="W", help="sets layersync.weight")
@@ -169,7 +183,7 @@ def resolve(args, reg) -> dict:
     config = configuration.load(modality.recipe, args.config, [f"modality={name}", *args.assignments])
     for _, key, value in given:
         config = configuration.set_value(config, key, value)
-    return config
+    return configuration.validate(config)  # the flags' values too, before anything is built or written
 
 
 @entry_point("layersync-train")
@@ -180,7 +194,7 @@ def main(argv=None):
     from layersync.train import distributed
     from layersync.train.trainer import Trainer
 
-    trainer = Trainer(config, Path(args.out), reg)
+    trainer = Trainer(config, Path(args.out), reg, restart=args.restart)
     try:
         result = trainer.fit()
     finally:

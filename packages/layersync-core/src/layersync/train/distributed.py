@@ -73,6 +73,43 @@ def mean_across(values: dict[str, torch.Tensor], env: Dist) -> dict[str, float]:
     return dict(zip(values, stacked.tolist()))
 
 
+def max_across(values: torch.Tensor, env: Dist) -> list[float]:
+    """The element-wise maximum of a small tensor over ranks, read to the host (a sync: only at
+    log and checkpoint steps)."""
+    values = values.detach().float().clone()
+    if env.world > 1:
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values.tolist()
+
+
+_control_groups: dict = {}
+
+
+def _control_group():
+    """A gloo group on the CPU for control flags, so agreeing on them never waits for the GPU
+    (``None``: the default group, already gloo)."""
+    if dist.get_backend() == "gloo":
+        return None
+    key = id(dist.group.WORLD)
+    if key not in _control_groups:  # every rank gets here at the same step: new_group is collective
+        _control_groups[key] = dist.new_group(backend="gloo")
+    return _control_groups[key]
+
+
+def agree_stop(signum: int, env: Dist) -> int:
+    """The largest signal number caught on any rank (0: none), known to every rank.
+
+    A signal reaches the ranks at different times (or only one of them): each rank calls
+    this at the same point of every step, outside the captured step, so all of them stop,
+    save and exit together. A CPU all-reduce of one number, on its own gloo group under
+    NCCL: it costs a round trip between hosts, not a sync with the GPU."""
+    if env.world == 1:
+        return signum
+    flag = torch.tensor([signum], dtype=torch.int64)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=_control_group())
+    return int(flag.item())
+
+
 def barrier(env: Dist) -> None:
     if env.world > 1:
         dist.barrier()
@@ -80,4 +117,5 @@ def barrier(env: Dist) -> None:
 
 def teardown(env: Dist) -> None:
     if env.world > 1 and dist.is_initialized():
+        _control_groups.clear()
         dist.destroy_process_group()

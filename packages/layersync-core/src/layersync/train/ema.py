@@ -18,8 +18,15 @@ class EMA:
         self._dst_buffers = list(self.model.buffers())
 
     @torch.no_grad()
-    def update(self) -> None:
-        torch._foreach_lerp_(self._dst, self._src, 1.0 - self.decay)
+    def update(self, skip: torch.Tensor | None = None) -> None:
+        """One EMA step; ``skip``, a 0-d 0/1 tensor on the device (a skipped training step), makes it
+        a no-op without reading it to the host."""
+        if skip is None:
+            torch._foreach_lerp_(self._dst, self._src, 1.0 - self.decay)
+        else:
+            delta = torch._foreach_sub(self._src, self._dst)
+            torch._foreach_mul_(delta, (1.0 - self.decay) * (1.0 - skip))
+            torch._foreach_add_(self._dst, delta)
         for dst, src in zip(self._dst_buffers, self._src_buffers):
             dst.copy_(src)
 

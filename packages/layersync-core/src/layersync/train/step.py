@@ -5,6 +5,15 @@ call can be captured as a graph; on CPU it runs eagerly. Noise, timesteps
 and label dropout are drawn for the *global* batch from one generator and
 each rank keeps its own slice, so a run gives the same numbers whatever
 the number of processes.
+
+Every step also records, on the device, whether the flow loss, the LayerSync
+loss or the gradients went non-finite (NaN or inf): ``TrainStep.health``, a
+small tensor updated with torch ops only, which the trainer reads back at its
+log and checkpoint steps (``read_health``). With ``skip_nonfinite`` a step with
+non-finite gradients changes nothing: AdamW's moments, step count and the
+weights stay as they were (the fused optimizer's ``found_inf``, as torch.amp's
+GradScaler uses it, else a snapshot put back with ``torch.where``), and the EMA
+does not move either.
 """
 
 from __future__ import annotations
@@ -13,6 +22,12 @@ import torch
 
 from layersync.interfaces import check_forward
 from layersync.objective import FlowObjective, LayerSync
+
+# What the health tensor holds: three 0/1 flags (which term went non-finite since the last
+# read), the number of skipped steps, the first bad step (1-based, counted since the last
+# read; 0 if none) and the number of steps since the last read.
+NONFINITE_TERMS = ("flow loss", "LayerSync loss", "gradients")
+FLOW, SYNC, GRADS, SKIPPED, FIRST, SEEN = range(6)
 
 
 class TrainStep:
@@ -29,6 +44,7 @@ class TrainStep:
         generator: torch.Generator | None = None,
         rank: int = 0,
         world: int = 1,
+        skip_nonfinite: bool = False,
     ):
         self.model, self.objective, self.layersync = model, objective, layersync
         self.optimizer, self.ema, self.grad_clip = optimizer, ema, grad_clip
@@ -37,6 +53,9 @@ class TrainStep:
         self.backbone = getattr(model, "module", model)  # unwrap DDP
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.capture = layersync.capture if layersync is not None else ()
+        self.skip_nonfinite = skip_nonfinite
+        # allocated once, before any capture: the graph updates it in place at every replay
+        self.health = torch.zeros(6, device=self.params[0].device if self.params else "cpu")
 
     def draw(self, x1):
         """Noise, t and the dropout mask for this rank's slice of the global batch."""
@@ -77,7 +96,75 @@ class TrainStep:
         out = {"loss": total.detach(), "flow_loss": flow.detach(), "layersync_loss": sync.detach()}
         if self.grad_clip > 0:  # the norm comes free with clipping; without it, it is not logged
             out["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True).detach()
-        self.optimizer.step()
-        if self.ema is not None:
-            self.ema.update()
+            grads_bad = ~torch.isfinite(out["grad_norm"])  # NaN or inf in any gradient makes the norm so
+        else:
+            grads_bad = self.nonfinite_grads()
+        skip = self.record_health(out["flow_loss"], out["layersync_loss"], grads_bad)
+        if self.skip_nonfinite:
+            self.optimizer_step_unless(skip)
+            if self.ema is not None:
+                self.ema.update(skip=skip)
+        else:
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update()
         return out
+
+    # ---- non-finite values: device-side only, nothing here reads a value to the host ----------
+    def nonfinite_grads(self) -> torch.Tensor:
+        """A 0-d bool: does any gradient hold NaN or inf (a per-tensor norm overflows then too).
+
+        Under DDP the gradients are already all-reduced here, so every rank gets the same answer."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
+            return torch.zeros((), dtype=torch.bool, device=self.health.device)
+        return ~torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
+
+    @torch.no_grad()
+    def record_health(self, flow, sync, grads_bad) -> torch.Tensor:
+        """Fold this step's flags into ``health`` (torch ops only); return the 0-d float skip flag:
+        1.0 when the gradients are non-finite (the one flag every DDP rank agrees on)."""
+        h = self.health
+        bad = torch.stack([~torch.isfinite(flow), ~torch.isfinite(sync), grads_bad.reshape(())]).to(h.dtype)
+        h[SEEN].add_(1)
+        h[FIRST].copy_(torch.where((h[FIRST] == 0) & (bad.amax() > 0), h[SEEN], h[FIRST]))
+        h[:SKIPPED].copy_(torch.maximum(h[:SKIPPED], bad))
+        skip = bad[GRADS]
+        if self.skip_nonfinite:
+            h[SKIPPED].add_(skip)
+        return skip
+
+    @torch.no_grad()
+    def optimizer_step_unless(self, skip: torch.Tensor) -> None:
+        """``optimizer.step()`` that leaves weights and optimizer state untouched where ``skip`` is 1.
+
+        A fused optimizer takes ``found_inf`` as torch.amp's GradScaler hands it over: its kernel
+        then does nothing and the step count is put back, all on the device. Any other
+        optimizer steps, then every tensor it touched is put back from a snapshot with
+        ``torch.where`` (state first created by this step goes back to zeros, AdamW's start).
+        """
+        opt = self.optimizer
+        if getattr(opt, "_step_supports_amp_scaling", False):
+            opt.found_inf = skip
+            try:
+                opt.step()
+            finally:
+                del opt.found_inf
+            return
+        params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+        saved = [(p.detach().clone(), {k: v.clone() for k, v in opt.state.get(p, {}).items()
+                                       if isinstance(v, torch.Tensor)}) for p in params]
+        opt.step()
+        keep = skip > 0
+        for p, (old, state) in zip(params, saved):
+            p.copy_(torch.where(keep, old, p))
+            for key, value in opt.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor):
+                    before = state.get(key, torch.zeros_like(value))
+                    value.copy_(torch.where(keep.to(value.device), before, value))
+
+    def read_health(self) -> torch.Tensor:
+        """The health tensor as it stands (the caller syncs), then zeroed for the next interval."""
+        current = self.health.clone()
+        self.health.zero_()
+        return current

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import math
 import signal
 import time
 from pathlib import Path
@@ -12,8 +14,9 @@ import torch
 from tqdm import tqdm
 
 from layersync import build, trees
-from layersync.config import DEFAULTS, dump, flatten, read_yaml
-from layersync.errors import ConfigError
+from layersync.config import DEFAULTS, dump, flatten
+from layersync.errors import ConfigError, DataError, Interrupted, NonFiniteError
+from layersync.files import atomic
 from layersync.interfaces import sample_info
 from layersync.plugins import Registry, registry as default_registry
 from layersync.sampling import derive_seed, seeded_samples
@@ -22,15 +25,22 @@ from layersync.train.data import make_loader
 from layersync.train.ema import EMA
 from layersync.train.modes import make_step, resolve_mode
 from layersync.train.optim import LRSchedule, build_optimizer, load_optimizer_state, set_lr
-from layersync.train.step import TrainStep
+from layersync.train.step import FIRST, NONFINITE_TERMS, SEEN, SKIPPED, TrainStep
 
 log = logging.getLogger("layersync")
 
 # Keys that may change when a run is resumed; anything else must match.
 RESUMABLE_KEYS = {
     "train.steps", "train.log_every", "train.ckpt_every", "train.sample_every", "train.num_workers", "train.device",
-    "train.step_mode",
+    "train.step_mode", "train.on_nonfinite", "train.keep", "train.keep_every",
 }
+# What a checkpoint must hold to be resumed from (``restore``); one without is set aside as corrupt.
+RESTORE_KEYS = ("step", "config", "model", "ema", "optimizer", "step_generator", "torch_rng")
+# The first line of config.yaml, written with each checkpoint: marks a folder whose run really started
+# (an older version wrote config.yaml before the first step, so one without it blocks nothing).
+STARTED = "# the config of the run in this folder, rewritten with each checkpoint\n"
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "samples", "config.yaml")
+ON_NONFINITE = ("stop", "skip")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
@@ -64,10 +74,12 @@ def check_resumable(saved: dict, config: dict, out_dir: Path) -> None:
 
 
 class Trainer:
-    def __init__(self, config: dict, out_dir: Path, registry: Registry | None = None):
-        self.config, self.out = config, Path(out_dir)
+    def __init__(self, config: dict, out_dir: Path, registry: Registry | None = None, restart: bool = False):
+        self.config, self.out, self.restart = config, Path(out_dir), restart
         self.registry = registry or default_registry()
         train = config["train"]
+        if str(train["device"]).startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"train.device={train['device']}: this machine has no CUDA device (use auto or cpu)")
         self.env = distributed.setup(train["device"])
         self.autocast_dtype = resolve_precision(train["precision"], self.env.device)
         self.step_mode = resolve_mode(train["step_mode"], self.env.device, self.env.world)
@@ -82,6 +94,11 @@ class Trainer:
         shape = tuple(self.dataset.sample_shape)
         self.input_shape = shape if self.encoded else tuple(self.tokenizer.latent_shape(shape))
         self.num_classes = int(getattr(self.dataset, "num_classes", 0))
+        batch, items = train["batch_size"], len(self.dataset)
+        if batch > items:
+            raise ConfigError(f"train.batch_size={batch}: expected at most the data set's {items} items")
+        if batch % self.env.world:
+            raise ConfigError(f"train.batch_size={batch}: expected a multiple of the {self.env.world} processes")
 
         torch.manual_seed(config["seed"])  # same initial weights on every rank
         self.model = build.backbone(self.registry, config, self.input_shape, self.num_classes).to(self.env.device)
@@ -117,8 +134,7 @@ class Trainer:
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
 
-    def restore(self, path: Path) -> None:
-        state = checkpoint.load(path, map_location=self.env.device)
+    def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         load_optimizer_state(self.optimizer, state["optimizer"])
@@ -136,33 +152,77 @@ class Trainer:
             torch.cuda.set_rng_state_all([s.cpu() for s in cuda_rng])
 
     def prepare_out_dir(self) -> None:
-        """Create the run folder, or check that it holds this same run and resume it."""
-        saved_config = self.out / "config.yaml"
-        last = checkpoint.latest(self.out / "checkpoints")
-        if saved_config.exists() and last is not None:  # without a checkpoint there is nothing to keep consistent
-            check_resumable(read_yaml(saved_config), self.config, self.out)
-        if last is not None:
-            self.restore(last)
+        """Create the run folder, or check that it holds this same run (the config in its newest readable
+        checkpoint) and resume it. Outputs without a checkpoint: refused, unless ``restart``."""
+        if self.restart:
             if self.env.main:
-                log.info("resuming %s from step %d", self.out, self.step)
+                self._move_outputs_aside()
+            distributed.barrier(self.env)
+        found = checkpoint.load_latest(self.out / "checkpoints", RESTORE_KEYS, self.env.device, self.env.main)
+        if found is not None:
+            path, state = found
+            check_resumable(state["config"], self.config, self.out)
+            self.restore(state)
+            if self.env.main:
+                log.info("resuming %s from step %d (%s)", self.out, self.step, path.name)
+        elif leftovers := self._leftovers():
+            raise ConfigError(f"{self.out} holds the outputs of a run ({', '.join(leftovers)}) but no checkpoint to "
+                              "resume from: choose a new --out, or start over with --restart")
         if self.env.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(dump(self.config))
             self._truncate_metrics()
         distributed.barrier(self.env)
 
+    def _leftovers(self) -> list[str]:
+        """What a started run left in the folder, besides readable checkpoints."""
+        metrics, samples, config = (self.out / name for name in ("metrics.jsonl", "samples", "config.yaml"))
+        found = {
+            "metrics.jsonl": metrics.exists() and metrics.read_text(errors="replace").strip(),
+            "samples/": samples.is_dir() and any(samples.iterdir()),
+            "config.yaml": config.exists() and config.read_text(errors="replace").startswith(STARTED),
+            "checkpoints/*.corrupt": any((self.out / "checkpoints").glob("*.corrupt")),
+        }
+        return [name for name, there in found.items() if there]
+
+    def _move_outputs_aside(self) -> None:
+        """``restart``: move the run's outputs into the first free ``previous_N/``."""
+        outputs = [self.out / name for name in RUN_OUTPUTS if (self.out / name).exists()]
+        if outputs:
+            aside = next(p for n in itertools.count(1) if not (p := self.out / f"previous_{n}").exists())
+            aside.mkdir()
+            for path in outputs:
+                path.rename(aside / path.name)
+            log.info("--restart: moved %s into %s", ", ".join(p.name for p in outputs), aside)
+
     def _truncate_metrics(self) -> None:
-        """Drop log lines written after the checkpoint we resume from."""
+        """Drop log lines written after the checkpoint we resume from, and a last line cut short (a full
+        disk); a bad line elsewhere is a DataError."""
         path = self.out / "metrics.jsonl"
         if not path.exists():
             return
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
-        path.write_text("".join(line + "\n" for line in kept))
+        lines = [(n, line) for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1) if line.strip()]
+        kept = []
+        for n, line in lines:
+            try:
+                step = json.loads(line)["step"]
+            except (ValueError, TypeError, KeyError):
+                if n != lines[-1][0]:
+                    raise DataError(f"{path} line {n} is not a metrics record ({line[:40]!r}): fix or delete "
+                                    "the line") from None
+                log.warning("%s: dropped line %d, a record cut short (%r)", path, n, line[:40])
+                break
+            if step <= self.step:
+                kept.append(line)
+        with atomic(path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept))
 
     # ---- outputs -----------------------------------------------------------------
     def save_checkpoint(self) -> None:
         if self.env.main:
-            checkpoint.save(self.state(), self.out / "checkpoints", self.step)
+            train = self.config["train"]
+            checkpoint.save(self.state(), self.out / "checkpoints", self.step, train["keep"], train["keep_every"])
+            with atomic(self.out / "config.yaml") as tmp:  # only now: a run that never saved leaves none
+                tmp.write_text(STARTED + dump(self.config))
 
     def preview_conditions(self, n: int):
         """(cond, mask or None) of the preview samples: the data set's own choice (``preview(n)``),
@@ -184,9 +244,41 @@ class Trainer:
         info = {**self.sample_info, **({} if mask is None else {"lengths": mask.sum(-1).tolist()})}
         return self.modality.save_samples(x, self.out / "samples" / f"step_{self.step:07d}", info)
 
+    # ---- non-finite values ------------------------------------------------------------
+    def check_health(self, step: TrainStep, since: int) -> tuple[int, list[str]]:
+        """Read the flags the step kept on the device since step ``since`` (a sync, and a collective:
+        every rank calls it at the same steps) and zero them. ``train.on_nonfinite=stop``: raise
+        NonFiniteError naming the first bad step and the terms. Else (skip, nothing to stop for):
+        (the number of skipped steps, the non-finite terms)."""
+        h = step.read_health()
+        h[FIRST] = torch.where(h[FIRST] > 0, h[SEEN] + 1 - h[FIRST], 0)  # so that MAX over ranks picks the earliest
+        h = distributed.max_across(h, self.env)
+        terms = [name for name, flag in zip(NONFINITE_TERMS, h[:SKIPPED]) if flag]
+        if terms and self.on_nonfinite == "stop":
+            first = since + int(h[SEEN] + 1 - h[FIRST])
+            span = f" (flags read over steps {since + 1}-{self.step})" if self.step > since + 1 else ""
+            raise NonFiniteError(
+                f"non-finite {', '.join(terms)} at step {first}{span}: training stopped, no checkpoint written "
+                "since, the last good checkpoint stays the resume point (lower optim.lr, check the data, or resume "
+                "with --set train.on_nonfinite=skip)"
+            )
+        return int(h[SKIPPED]), terms
+
+    def check_weights(self, what: str) -> None:
+        """Before ``what`` (a checkpoint, samples): the weights and EMA weights must be finite (NaN can come
+        without a non-finite gradient, e.g. Adam with eps=0). A sync, only at checkpoint and sample steps."""
+        tensors = [t for t in (*self.model.parameters(), *self.ema.model.parameters()) if t.is_floating_point()]
+        bad = (~torch.isfinite(torch.stack(torch._foreach_norm(tensors))).all()).float().reshape(1)
+        if distributed.max_across(bad, self.env)[0]:
+            raise NonFiniteError(f"the weights are non-finite (NaN or inf) at step {self.step}: no {what} written, "
+                                 "the last good checkpoint stays the resume point")
+
     # ---- loop --------------------------------------------------------------------
     def fit(self) -> dict:
         cfg = self.config["train"]
+        self.on_nonfinite = cfg.get("on_nonfinite", "stop")
+        if self.on_nonfinite not in ON_NONFINITE:
+            raise ConfigError(f"train.on_nonfinite must be stop or skip, got {self.on_nonfinite!r}")
         self.prepare_out_dir()
         loader, _ = make_loader(
             self.dataset,
@@ -210,6 +302,7 @@ class Trainer:
             generator=self.generator,
             rank=self.env.rank,
             world=self.env.world,
+            skip_nonfinite=self.on_nonfinite == "skip",
         )
         # DDP needs more eager iterations before capture (its buckets settle on the first ones).
         step_fn = make_step(step, self.step_mode, warmup=11 if self.env.world > 1 else 3)
@@ -222,12 +315,21 @@ class Trainer:
         tick, tick_step, started = time.perf_counter(), self.step, time.perf_counter()
         batches = iter(loader)
         interrupted = []
+        checked = self.step  # the step of the last health read
+        skipped, nonfinite = 0, []  # since the last log line (skip mode): steps skipped, the terms that went non-finite
         handlers = {sig: signal.signal(sig, lambda s, f: interrupted.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             while self.step < total:
-                if interrupted:  # stop between steps, never inside one
+                # stop between steps, never inside one, and on every rank at the same step (the signal may
+                # reach only one): SIGTERM wins over SIGINT, so a pre-emption exits 143 everywhere
+                signum = distributed.agree_stop(max(interrupted, default=0), self.env)
+                if signum:
+                    self.check_health(step, checked)  # a non-finite state is never saved
+                    self.check_weights("checkpoint")
                     self.save_checkpoint()
-                    raise KeyboardInterrupt(f"stopped at step {self.step}; checkpoint saved, run again to resume")
+                    distributed.barrier(self.env)  # no rank exits before the checkpoint is written
+                    raise Interrupted(f"stopped at step {self.step} by {signal.Signals(signum).name}; checkpoint "
+                                      "saved, run again to resume", signum)
                 x, cond, *mask = (trees.to_device(part, self.env.device, non_blocking=True) for part in next(batches))
                 if not self.encoded:
                     x = self.tokenizer.encode(x)
@@ -236,20 +338,35 @@ class Trainer:
                 out = step_fn(x, cond, *mask)  # a data set may yield (x, cond, mask)
                 self.step += 1
                 bar.update(1)
-                if self.step % cfg["log_every"] == 0 or self.step == total:
+                log_now = self.step % cfg["log_every"] == 0 or self.step == total
+                ckpt_now = self.step % cfg["ckpt_every"] == 0 or self.step == total
+                samples_now = self.step % cfg["sample_every"] == 0 or self.step == total
+                if log_now or ckpt_now or samples_now:  # the only host reads of the non-finite flags
+                    newly_skipped, terms = self.check_health(step, checked)
+                    checked, skipped = self.step, skipped + newly_skipped
+                    nonfinite += [term for term in terms if term not in nonfinite]
+                if log_now:
                     last = distributed.mean_across(out, self.env)
                     now = time.perf_counter()
                     rate = (self.step - tick_step) * cfg["batch_size"] / (now - tick)
                     tick, tick_step = now, self.step
-                    record = {"step": self.step, **last, "lr": lr,
-                              "samples_per_s": rate, "elapsed_s": now - started}
+                    # JSON has no NaN: a non-finite value is written as null, and "nonfinite" names the terms
+                    record = {"step": self.step, **{k: v if math.isfinite(v) else None for k, v in last.items()},
+                              "lr": lr, "samples_per_s": rate, "elapsed_s": now - started}
+                    if self.on_nonfinite == "skip":
+                        record["skipped_steps"] = skipped  # since the previous line
+                    if nonfinite:
+                        record["nonfinite"] = nonfinite
+                    skipped, nonfinite = 0, []
                     if metrics:
                         metrics.write(json.dumps(record) + "\n")
                         metrics.flush()
                     bar.set_postfix(loss=f"{last['loss']:.4f}", sync=f"{last['layersync_loss']:.3f}")
-                if self.step % cfg["ckpt_every"] == 0 or self.step == total:
+                if ckpt_now:
+                    self.check_weights("checkpoint")
                     self.save_checkpoint()
-                if self.step % cfg["sample_every"] == 0 or self.step == total:
+                if samples_now:
+                    self.check_weights("samples")
                     self.save_samples()
         finally:
             for sig, handler in handlers.items():
