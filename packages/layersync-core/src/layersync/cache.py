@@ -137,7 +137,7 @@ def _encode_shards(dataset, tokenizer, views: Views, meta, out: Path, env, batch
                desc=f"encoding (rank 0 of {env.world})" if env.world > 1 else "encoding")
     encode = _encoder(tokenizer)
     stored: dict[str, list] = {"mean": [], "std": [], "label": []}
-    with torch.no_grad():
+    with torch.no_grad(), bar:  # the bar ends its line before an error is printed
         for rows, (x, y) in zip(batches, loader):
             x = x.to(env.device, non_blocking=True)
             n = len(x)
@@ -153,7 +153,6 @@ def _encode_shards(dataset, tokenizer, views: Views, meta, out: Path, env, batch
                     save_file(tensors, str(tmp))
                 stored = {key: [] for key in stored}
             bar.update(n)
-    bar.close()
     return len(pending)
 
 

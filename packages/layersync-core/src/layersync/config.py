@@ -42,6 +42,7 @@ DEFAULTS: dict = {
         "num_workers": 4,
         "device": "auto",
         "on_nonfinite": "stop",  # NaN/inf in a loss or the gradients: stop (exit 3) or skip the step
+        "parallel": "ddp",  # under torchrun: ddp (replicated weights) or fsdp (sharded, DCP checkpoints)
     },
     "sample": {
         "method": "ode",

@@ -30,6 +30,8 @@ def atomic(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:  # a file where a folder of the path should be: say so, not "file exists"
+        raise WriteError(path, OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), exc.filename)) from None
     except OSError as exc:
         raise WriteError(path, exc) from None
     tmp = path.with_name(path.name + ".tmp")

@@ -150,6 +150,7 @@ SDE_SOLVERS = ("euler", "heun")
 DIFFUSION_FORMS = ("constant", "sbdm", "sigma", "linear", "decreasing", "increasing-decreasing")
 LAST_STEPS = ("mean", "euler", "tweedie", "none")
 ON_NONFINITE = ("stop", "skip")
+PARALLEL = ("ddp", "fsdp")
 
 SCHEMA: dict[str, Rule] = {
     "modality": Rule("str", "the modality plugin the run belongs to", null=True),
@@ -190,6 +191,8 @@ SCHEMA: dict[str, Rule] = {
                          pattern=r"auto|cpu|mps|cuda(:\d+)?", text="auto, cpu, cuda, cuda:N or mps"),
     "train.on_nonfinite": Choice("NaN/inf in a loss or the gradients: stop the run or skip the step",
                                  *ON_NONFINITE),
+    "train.parallel": Choice("under torchrun: ddp replicates the weights, fsdp shards them (FSDP2) and writes "
+                             "sharded checkpoints; fixed for a run", *PARALLEL),
     # sample: sampling.py SamplerConfig, Sampler, ode_solve, sde_solve
     "sample.method": Choice("probability-flow ODE or reverse SDE", *SAMPLE_METHODS),
     "sample.solver": Choice("ode: euler, heun or dopri5; sde: euler or heun", *ODE_SOLVERS),
@@ -216,6 +219,11 @@ def check_value(key: str, value) -> None:
 
 def _cross_checks(flat: dict) -> None:
     """Rules between keys."""
+    if flat.get("train.parallel") == "fsdp":
+        if flat.get("train.step_mode") == "graph":
+            raise ConfigError("train.step_mode=graph: not with train.parallel=fsdp (use auto, eager or compile)")
+        if flat.get("train.on_nonfinite") == "skip":
+            raise ConfigError("train.on_nonfinite=skip: not with train.parallel=fsdp (use stop)")
     if flat.get("sample.method") == "sde":
         if flat.get("sample.solver") not in SDE_SOLVERS:
             raise ConfigError(f"sample.solver={show(flat.get('sample.solver'))}: expected one of "

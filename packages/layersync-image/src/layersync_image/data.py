@@ -20,7 +20,7 @@ from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
-from layersync.errors import DataError
+from layersync.errors import ConfigError, DataError
 
 log = logging.getLogger("layersync")
 
@@ -305,6 +305,8 @@ def class_names(schema: pa.Schema) -> list[str] | None:
 def build_images(path: str | None = None, image_size: int = 16, channels: int = 1, hflip: bool = True,
                  on_error: str = "fail"):
     """Dataset factory: Parquet or an ImageFolder at ``path``, or the bundled digits when None."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ConfigError(f"data.image_size={image_size!r}: expected an integer >= 1 (the side in pixels)")
     if path is None:
         log.info("no --data given: using the bundled 8x8 digits upsampled to %dx%d", image_size, image_size)
         return DigitsDataset(image_size)

@@ -215,7 +215,7 @@ class Model:
 def load_model(args, device: torch.device) -> Model:
     path = find_checkpoint(Path(args.ckpt))
     try:
-        state = checkpoint.load(path)
+        state = checkpoint.load(path, keys=("step", "config", "input_shape", "num_classes", "model", "ema"))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     config = sample_config(state["config"], args)

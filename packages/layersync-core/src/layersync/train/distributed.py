@@ -1,13 +1,20 @@
-"""Process group set-up for torchrun (gloo on CPU, nccl on CUDA)."""
+"""Process group set-up for torchrun (gloo on CPU, nccl on CUDA), DDP and FSDP2 wrapping."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
+
+from layersync.errors import ConfigError
+
+TIMEOUT_ENV = "LAYERSYNC_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 600
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,19 @@ def pick_device(preference: str) -> torch.device:
     return torch.device(preference)
 
 
+def timeout_s() -> float:
+    """How long a collective waits for the other processes (``LAYERSYNC_DIST_TIMEOUT`` seconds, default 600)
+    before it fails: a dead or stuck process then stops the run instead of hanging it."""
+    value = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ConfigError(f"{TIMEOUT_ENV}={value!r}: expected a number of seconds > 0")
+    return seconds
+
+
 def setup(preference: str = "auto") -> Dist:
     """Join the torchrun process group if there is one."""
     device = pick_device(preference)
@@ -39,7 +59,7 @@ def setup(preference: str = "auto") -> Dist:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s()))
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
@@ -62,6 +82,29 @@ def wrap(model: torch.nn.Module, env: Dist, capture: bool) -> torch.nn.Module:
         ddp = build()
     torch.cuda.current_stream().wait_stream(side)
     return ddp
+
+
+def shard(model: torch.nn.Module) -> None:
+    """FSDP2, in place: each block (``model.blocks``, where there is one) is a unit of its own, the rest
+    goes with the root. Parameters become DTensors sharded over all processes; gradients are
+    averaged over them like DDP's."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in getattr(model, "blocks", ()):
+        fully_shard(block)
+    fully_shard(model)
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a DTensor; a plain tensor as it is."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def full_state_dict(model: torch.nn.Module) -> dict:
+    """A sharded model's whole state dict on process 0's CPU (empty elsewhere): a collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def mean_across(values: dict[str, torch.Tensor], env: Dist) -> dict[str, float]:

@@ -11,6 +11,11 @@ class EMA:
     def __init__(self, model: torch.nn.Module, decay: float = 0.9999):
         self.decay = decay
         self.model = copy.deepcopy(getattr(model, "module", model)).eval().requires_grad_(False)
+        self.track(model)
+
+    def track(self, model: torch.nn.Module) -> None:
+        """Follow ``model``'s parameters and buffers (again after FSDP sharded it and the copy alike:
+        sharding replaces them)."""
         source = getattr(model, "module", model)
         self._src = [p for p in source.parameters()]
         self._dst = [p for p in self.model.parameters()]

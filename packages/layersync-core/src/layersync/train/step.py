@@ -19,6 +19,7 @@ does not move either.
 from __future__ import annotations
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from layersync.interfaces import check_forward
 from layersync.objective import FlowObjective, LayerSync
@@ -95,7 +96,7 @@ class TrainStep:
         total.backward()
         out = {"loss": total.detach(), "flow_loss": flow.detach(), "layersync_loss": sync.detach()}
         if self.grad_clip > 0:  # the norm comes free with clipping; without it, it is not logged
-            out["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True).detach()
+            out["grad_norm"] = whole(torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)).detach()
             grads_bad = ~torch.isfinite(out["grad_norm"])  # NaN or inf in any gradient makes the norm so
         else:
             grads_bad = self.nonfinite_grads()
@@ -114,11 +115,12 @@ class TrainStep:
     def nonfinite_grads(self) -> torch.Tensor:
         """A 0-d bool: does any gradient hold NaN or inf (a per-tensor norm overflows then too).
 
-        Under DDP the gradients are already all-reduced here, so every rank gets the same answer."""
+        Under DDP the gradients are already all-reduced here, so every rank gets the same answer; under
+        FSDP the norms of the shards are reduced over the ranks."""
         grads = [p.grad for p in self.params if p.grad is not None]
         if not grads:
             return torch.zeros((), dtype=torch.bool, device=self.health.device)
-        return ~torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
+        return whole(~torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
 
     @torch.no_grad()
     def record_health(self, flow, sync, grads_bad) -> torch.Tensor:
@@ -168,3 +170,8 @@ class TrainStep:
         current = self.health.clone()
         self.health.zero_()
         return current
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A value computed from FSDP's sharded gradients (a DTensor) as a plain tensor, the same on every rank."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor

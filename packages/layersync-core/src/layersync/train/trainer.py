@@ -82,7 +82,10 @@ class Trainer:
             raise ConfigError(f"train.device={train['device']}: this machine has no CUDA device (use auto or cpu)")
         self.env = distributed.setup(train["device"])
         self.autocast_dtype = resolve_precision(train["precision"], self.env.device)
+        self.parallel = train["parallel"]
         self.step_mode = resolve_mode(train["step_mode"], self.env.device, self.env.world)
+        if self.parallel == "fsdp" and self.step_mode == "graph":  # auto on one GPU; asked for: refused by the schema
+            self.step_mode = "compile"
         fast_defaults(self.env.device)
         self.modality = build.modality(self.registry, config)
         self.dataset = build.dataset(self.registry, config)
@@ -105,14 +108,21 @@ class Trainer:
         self.layersync = build.layersync(config, self.model.depth)
         self.objective = build.objective(config)
         self.sampler = build.sampler(config, self.objective)
+        self.ema = EMA(self.model, train["ema_decay"])
+        # fsdp: the model and its EMA copy sharded alike (the EMA update stays local), before the optimizer
+        # takes the sharded parameters
+        self.sharded = self.parallel == "fsdp" and self.env.world > 1
+        if self.sharded:
+            distributed.shard(self.model)
+            distributed.shard(self.ema.model)
+            self.ema.track(self.model)
         self.optimizer = build_optimizer(self.model.parameters(), config["optim"], self.env.device,
                                          capturable=self.step_mode == "graph")
         self.schedule = LRSchedule(config["optim"]["lr"], train["lr_schedule"], train["warmup_steps"], train["steps"])
-        self.ema = EMA(self.model, train["ema_decay"])
         self.generator = torch.Generator(self.env.device).manual_seed(config["seed"] + 1)
         self.step = 0
         self.net = self.model
-        if self.env.world > 1:
+        if self.env.world > 1 and not self.sharded:
             self.net = distributed.wrap(self.model, self.env, capture=self.step_mode == "graph")
 
     # ---- state -------------------------------------------------------------------
@@ -134,10 +144,38 @@ class Trainer:
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
 
-    def restore(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        load_optimizer_state(self.optimizer, state["optimizer"])
+    def sharded_tensors(self) -> dict:
+        """What a DCP checkpoint holds as shards: this process's part of the weights, EMA weights and AdamW state
+        (keyed by parameter index, as ``optimizer.state_dict()`` numbers them)."""
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": {str(i): s for i, s in self.optimizer.state_dict()["state"].items()}}
+
+    def load_sharded(self, path: Path) -> dict:
+        """Read a DCP checkpoint's shards into this run's layout (any number of processes): AdamW's state is
+        allocated as the checkpoint's metadata says, sharded like its parameter."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        optimizer = {}
+        for key, (size, dtype) in checkpoint.layout(path, "optimizer").items():
+            index, name = key.split(".")
+            param = params[int(index)]
+            like = torch.zeros_like(param) if name != "step" and size == param.shape else torch.zeros(size, dtype=dtype)
+            optimizer.setdefault(index, {})[name] = like
+        return checkpoint.load_sharded(path, {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                                              "optimizer": optimizer})
+
+    def restore(self, state: dict, path: Path | None = None) -> None:
+        """Resume from a checkpoint's ``state``; a DCP folder's (at ``path``) holds no tensors in it: they are
+        read here."""
+        if checkpoint.SHARDED in state:
+            tensors = self.load_sharded(path)
+            self.model.load_state_dict(tensors["model"])
+            self.ema.load_state_dict(tensors["ema"])
+            optimizer = {int(i): s for i, s in tensors["optimizer"].items()}
+            load_optimizer_state(self.optimizer, {"state": optimizer, "param_groups": state["optimizer_groups"]})
+        else:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            load_optimizer_state(self.optimizer, state["optimizer"])
         self.step = int(state["step"])
         saved_on = state.get("step_generator_device", "cpu")
         if saved_on == self.generator.device.type:
@@ -158,11 +196,14 @@ class Trainer:
             if self.env.main:
                 self._move_outputs_aside()
             distributed.barrier(self.env)
-        found = checkpoint.load_latest(self.out / "checkpoints", RESTORE_KEYS, self.env.device, self.env.main)
+        def resume(path, state):
+            check_resumable(state["config"], self.config, self.out)
+            self.restore(state, path)
+
+        found = checkpoint.load_latest(self.out / "checkpoints", RESTORE_KEYS, self.env.device, self.env.main,
+                                       then=resume, whole=False)
         if found is not None:
             path, state = found
-            check_resumable(state["config"], self.config, self.out)
-            self.restore(state)
             if self.env.main:
                 log.info("resuming %s from step %d (%s)", self.out, self.step, path.name)
         elif leftovers := self._leftovers():
@@ -218,9 +259,17 @@ class Trainer:
 
     # ---- outputs -----------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        if self.env.main:
-            train = self.config["train"]
+        """``step_N.pt`` from process 0; with ``train.parallel=fsdp`` (a collective) ``step_N/``, DCP shards from
+        every process and the rest in ``meta.pt``."""
+        train = self.config["train"]
+        if self.parallel == "fsdp":
+            tensors = self.sharded_tensors()
+            meta = {key: value for key, value in self.state().items() if key not in ("model", "ema", "optimizer")}
+            meta["optimizer_groups"] = self.optimizer.state_dict()["param_groups"]
+            checkpoint.save_sharded(tensors, meta, self.out / "checkpoints", self.step, train["keep"], train["keep_every"])
+        elif self.env.main:
             checkpoint.save(self.state(), self.out / "checkpoints", self.step, train["keep"], train["keep_every"])
+        if self.env.main:
             with atomic(self.out / "config.yaml") as tmp:  # only now: a run that never saved leaves none
                 tmp.write_text(STARTED + dump(self.config))
 
@@ -234,12 +283,19 @@ class Trainer:
 
     @torch.no_grad()
     def save_samples(self) -> Path | None:
+        ema = self.ema.model
+        if self.sharded:  # a collective: gather the EMA weights into a whole model on process 0
+            weights = distributed.full_state_dict(ema)
+            if self.env.main:
+                ema = build.backbone(self.registry, self.config, self.input_shape, self.num_classes)
+                ema.load_state_dict(weights)
+                ema = ema.to(self.env.device).eval()
         if not self.env.main:
             return None
         cond, mask = self.preview_conditions(self.config["sample"]["num"])
         # the same samples at every step (per-sample CPU generators, on any device), the ones that
         # `layersync-sample --ckpt RUN --seed SEED` draws from the EMA weights
-        z = seeded_samples(self.sampler, self.ema.model, self.input_shape, cond, self.config["seed"], mask=mask)
+        z = seeded_samples(self.sampler, ema, self.input_shape, cond, self.config["seed"], mask=mask)
         x = self.tokenizer.decode(z).float().cpu()
         info = {**self.sample_info, **({} if mask is None else {"lengths": mask.sum(-1).tolist()})}
         return self.modality.save_samples(x, self.out / "samples" / f"step_{self.step:07d}", info)
@@ -267,7 +323,8 @@ class Trainer:
     def check_weights(self, what: str) -> None:
         """Before ``what`` (a checkpoint, samples): the weights and EMA weights must be finite (NaN can come
         without a non-finite gradient, e.g. Adam with eps=0). A sync, only at checkpoint and sample steps."""
-        tensors = [t for t in (*self.model.parameters(), *self.ema.model.parameters()) if t.is_floating_point()]
+        tensors = [distributed.local(t) for t in (*self.model.parameters(), *self.ema.model.parameters())
+                   if t.is_floating_point()]
         bad = (~torch.isfinite(torch.stack(torch._foreach_norm(tensors))).all()).float().reshape(1)
         if distributed.max_across(bad, self.env)[0]:
             raise NonFiniteError(f"the weights are non-finite (NaN or inf) at step {self.step}: no {what} written, "
