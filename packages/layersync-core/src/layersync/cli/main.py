@@ -1,4 +1,4 @@
-"""layersync: the umbrella command (plugins, weights, fetch, check-plugin, new-plugin)."""
+"""layersync: the umbrella command (plugins, weights, fetch, check-plugin, new-plugin, probe)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import urllib.request
 from pathlib import Path
 
 import layersync
-from layersync.cli import check_plugin, new_plugin
+from layersync.cli import check_plugin, new_plugin, probe
 from layersync.cli.common import Parser, entry_point
 from layersync.errors import ConfigError
 from layersync.files import atomic
@@ -66,11 +66,14 @@ def main(argv=None):
     fetch_parser.add_argument("name")
     check_plugin.configure(sub.add_parser("check-plugin", help="build and exercise every piece a plugin provides"))
     new_plugin.configure(sub.add_parser("new-plugin", help=new_plugin.HELP))
+    probe.configure(sub.add_parser("probe", help=probe.HELP))
     args = p.parse_args(argv)
     if args.command == "check-plugin":
         return check_plugin.run(args)
     if args.command == "new-plugin":
         return new_plugin.run(args)
+    if args.command == "probe":
+        return probe.run(args)
     reg = registry()
     if args.command == "plugins":
         print(f"layersync-core {layersync.__version__}, plugin API {layersync.PLUGIN_API}")

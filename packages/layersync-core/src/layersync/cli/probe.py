@@ -1,0 +1,114 @@
+"""layersync probe --ckpt C: per-block linear-probe accuracy and block-by-block CKA of a checkpoint's EMA model.
+
+Encodes --n items of the checkpoint's data set (``--data`` replaces data.path), noises them at time
+--t with a seeded generator and runs the model with the null condition (``layersync.probe.profile``).
+Writes OUT/probe.json and OUT/probe.png: accuracy per block (left; ``--compare C2`` adds a second
+checkpoint's line, e.g. LayerSync against vanilla) and the CKA heat-map of --ckpt (right).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from layersync import build
+from layersync.errors import ConfigError
+from layersync.files import atomic, write_json
+from layersync.plugins import registry
+from layersync.probe import profile
+from layersync.train import checkpoint
+from layersync.train.distributed import pick_device
+
+HELP = "linear-probe accuracy and CKA of every block of a checkpoint's EMA model"
+
+
+def configure(parser) -> None:
+    parser.add_argument("--ckpt", required=True, help="a checkpoint, or a run folder (its latest checkpoint)")
+    parser.add_argument("--compare", help="a second checkpoint whose accuracy line joins the plot")
+    parser.add_argument("--data", help="the data set's path (data.path); default: the checkpoint's")
+    parser.add_argument("--n", type=int, default=512, help="items to probe (default 512), half fit, half scored")
+    parser.add_argument("--t", type=float, default=0.5, help="the noise level (default 0.5; 1 is clean data)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    parser.add_argument("--out", default="probe", help="the folder for probe.json and probe.png (default ./probe)")
+
+
+def run_profile(ckpt: str, args, device: torch.device) -> dict:
+    from layersync.cli.sample import find_checkpoint
+
+    path = find_checkpoint(Path(ckpt))
+    try:
+        state = checkpoint.load(path, keys=("step", "config", "input_shape", "num_classes", "ema"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    config, num_classes = state["config"], int(state["num_classes"])
+    if num_classes < 2:
+        raise ConfigError(f"{ckpt}: probing needs a data set of class labels; this model has {num_classes} classes")
+    if args.data is not None:
+        config["data"]["path"] = args.data
+    reg = registry()
+    dataset = build.dataset(reg, config)
+    if len(dataset) < args.n:
+        raise ConfigError(f"--n {args.n}: the data set has only {len(dataset)} items")
+    tokenizer = build.tokenizer(reg, config)
+    model = build.backbone(reg, config, state["input_shape"], num_classes)
+    model.load_state_dict(state["ema"])
+    model.to(device).eval()
+    encoded = bool(getattr(dataset, "encoded", False))
+    torch.manual_seed(args.seed)  # a tokenizer may sample its latents
+
+    def batches():
+        for start in range(0, args.n, args.batch):
+            items = [dataset[i] for i in range(start, min(start + args.batch, args.n))]
+            x = torch.stack([torch.as_tensor(item[0]) for item in items])
+            y = torch.as_tensor([int(item[1]) for item in items])
+            with torch.no_grad():
+                yield (x if encoded else tokenizer.encode(x.to(device)).cpu()), y
+
+    result = profile(model, batches(), args.t, build.objective(config).path, args.seed)
+    return {"checkpoint": ckpt, "step": int(state["step"]), **result}
+
+
+def plot(results: list[dict], target: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.5))
+    left, right = fig.subplots(1, 2)
+    for result in results:
+        blocks = range(1, result["depth"] + 1)
+        left.plot(blocks, result["accuracy"], marker="o", label=f"{result['checkpoint']} (step {result['step']})")
+    left.set(xlabel="block", ylabel="linear-probe accuracy", ylim=(0, 1), title="probe accuracy per block")
+    left.legend(fontsize="small")
+    depth = results[0]["depth"]
+    image = right.imshow(results[0]["cka"], vmin=0, vmax=1, cmap="viridis", origin="lower",
+                         extent=(0.5, depth + 0.5, 0.5, depth + 0.5))
+    right.set(xlabel="block", ylabel="block", title=f"linear CKA: {results[0]['checkpoint']}")
+    fig.colorbar(image, ax=right)
+    fig.tight_layout()
+    with atomic(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def run(args) -> int:
+    if args.n < 4:
+        raise ConfigError(f"--n {args.n}: expected at least 4 items")
+    device = pick_device(args.device)
+    results = [run_profile(ckpt, args, device) for ckpt in [args.ckpt, args.compare] if ckpt is not None]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"t": args.t, "n": args.n, "seed": args.seed, **results[0]}
+    if len(results) > 1:
+        report["compare"] = results[1]
+    write_json(out / "probe.json", report)
+    plot(results, out / "probe.png")
+    for result in results:
+        best = max(range(result["depth"]), key=result["accuracy"].__getitem__)
+        print(f"{result['checkpoint']}: best probe accuracy {result['accuracy'][best]:.3f} at block {best + 1} "
+              f"of {result['depth']}")
+    print(f"wrote {out / 'probe.json'} and {out / 'probe.png'}")
+    return 0

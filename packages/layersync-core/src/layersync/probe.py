@@ -1,0 +1,83 @@
+"""Representation probes: how well each block's features encode the class, and how alike blocks are.
+
+``linear_cka`` compares two feature matrices (centred linear CKA); ``probe_accuracy`` fits a
+closed-form ridge probe on half the items and scores the other half; ``profile`` runs a backbone
+on noised data at one time t and applies both to every block's mean-pooled tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from layersync.paths import Path, make_path
+
+
+def cka_matrix(features) -> torch.Tensor:
+    """Centred linear CKA between every pair of (N, D_k) feature matrices, as a float64 matrix.
+    Uses the items' Gram matrices, so each pair costs O(N^2) whatever the widths."""
+    grams = []
+    for X in features:
+        X = torch.as_tensor(X, dtype=torch.float64)
+        X = X - X.mean(0)
+        K = (X @ X.T).flatten()
+        norm = K.norm()
+        grams.append(K / norm if norm > 0 else K)
+    G = torch.stack(grams)
+    return G @ G.T
+
+
+def linear_cka(X, Y) -> float:
+    """Centred linear CKA between (N, D1) and (N, D2) features: 1 for representations equal up to
+    an orthogonal transform and a scale, near 0 for independent ones."""
+    if len(X) != len(Y):
+        raise ValueError(f"linear_cka: {len(X)} and {len(Y)} items")
+    return float(cka_matrix([X, Y])[0, 1])
+
+
+def probe_accuracy(features, labels, seed: int = 0, ridge: float = 1.0) -> float:
+    """Held-out accuracy of a linear probe: a seeded 50/50 split, features standardised with the
+    training half's statistics, ridge regression to one-hot targets solved in closed form."""
+    X = torch.as_tensor(features, dtype=torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.int64)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    train, test = order[: len(y) // 2], order[len(y) // 2:]
+    mean, std = X[train].mean(0), X[train].std(0).clamp_min(1e-8)
+    X = torch.cat([(X - mean) / std, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)
+    targets = torch.nn.functional.one_hot(y[train], int(y.max()) + 1).to(X.dtype)
+    A = X[train]
+    W = torch.linalg.solve(A.T @ A + ridge * torch.eye(A.shape[1], dtype=X.dtype), A.T @ targets)
+    return float(((X[test] @ W).argmax(1) == y[test]).double().mean())
+
+
+@torch.no_grad()
+def profile(model, batches: Iterable, t: float = 0.5, path: Path | None = None, seed: int = 0) -> dict:
+    """Per-block probe accuracy and the block-by-block CKA matrix of a backbone.
+
+    ``batches`` yields (x, labels) in model space; each x is noised to x_t = path.interpolate(x, noise, t)
+    (linear path: t * x + (1 - t) * noise) with noise from a generator seeded with ``seed``, and run
+    with the null condition, so labels reach the features only through the data. Features are the
+    block outputs averaged over tokens."""
+    path = path or make_path("linear")
+    blocks = tuple(range(1, model.depth + 1))
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    feats, labels = {k: [] for k in blocks}, []
+    for x, y in batches:
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        x, y = x.to(device), y.to(device)
+        tt = torch.full((len(x),), float(t), device=device, dtype=x.dtype)
+        xt, _ = path.interpolate(x, noise.to(device), tt)
+        _, hidden = model(xt, tt, model.drop_cond(y, torch.ones(len(y), dtype=torch.bool, device=device)),
+                          capture=blocks)
+        for k in blocks:
+            feats[k].append(hidden[k].float().mean(1).cpu())
+        labels.append(y.cpu())
+    feats = {k: torch.cat(v) for k, v in feats.items()}
+    labels = torch.cat(labels)
+    return {
+        "depth": len(blocks),
+        "accuracy": [probe_accuracy(feats[k], labels, seed) for k in blocks],
+        "cka": cka_matrix([feats[k] for k in blocks]).tolist(),
+    }
