@@ -143,7 +143,7 @@ def agree_stop(signum: int, env: Dist) -> int:
     """The largest signal number caught on any rank (0: none), known to every rank.
 
     A signal reaches the ranks at different times (or only one of them): each rank calls
-    this at the same point of every step, outside the captured step, so all of them stop,
+    this at the same log steps, outside the captured step, so all of them stop,
     save and exit together. A CPU all-reduce of one number, on its own gloo group under
     NCCL: it costs a round trip between hosts, not a sync with the GPU."""
     if env.world == 1:

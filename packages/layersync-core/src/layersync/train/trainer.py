@@ -378,8 +378,10 @@ class Trainer:
         try:
             while self.step < total:
                 # stop between steps, never inside one, and on every rank at the same step (the signal may
-                # reach only one): SIGTERM wins over SIGINT, so a pre-emption exits 143 everywhere
-                signum = distributed.agree_stop(max(interrupted, default=0), self.env)
+                # reach only one): under DDP the ranks agree at log steps, one all-reduce per log interval
+                # rather than per step; SIGTERM wins over SIGINT, so a pre-emption exits 143 everywhere
+                agree = self.env.world == 1 or self.step % cfg["log_every"] == 0
+                signum = distributed.agree_stop(max(interrupted, default=0), self.env) if agree else 0
                 if signum:
                     self.check_health(step, checked)  # a non-finite state is never saved
                     self.check_weights("checkpoint")
