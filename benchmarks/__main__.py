@@ -14,6 +14,7 @@ SUITES = {
     "video_attention": "memory and time of full vs factorised SiT-3D attention as the clip grows (T = 8, 16, 32)",
     "video_data": "video clips/s decoded (decord), resized and cropped through a DataLoader, 0 and 2 workers",
     "faults": "SIGKILL at random points, a full disk, a corrupt checkpoint: resumed runs end bit-identical",
+    "quality": "LayerSync vs vanilla (and pair choices) per modality: classifier-feature FID over budgets and seeds",
     "soak": "thousands of steps: resident memory growth, loader samples/s drift, checkpoint folder under keep",
 }
 

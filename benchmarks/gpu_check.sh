@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared GPU check, at most BUDGET seconds (default 580: under 10 minutes on an H100, install included):
-#   bash benchmarks/gpu_check.sh          # env: PYTHON (default python3), OUT (default results/gpu)
+#   bash benchmarks/gpu_check.sh          # env: PYTHON (default python3), OUT (default results/gpu),
+#   QUALITY (default "--seeds 0": the quality step's runs, e.g. "--seeds 1 2 --runs vanilla_s1 layersync_s2"),
+#   QUALITY_LIMIT (default 290 seconds)
 # Steps in order of value, each under its own time limit, cut to the time left: install and import
 # check; graph-vs-eager correctness; LayerSync overhead; step speed at SiT-B/2; LayerSync-vs-vanilla
 # quality runs (SiT-S/2 on digits; samples to $OUT/quality_samples.npz); SiT-XL/2 MFU; a 200-step
@@ -97,7 +99,9 @@ else
     step overhead 60 "$PY" -m benchmarks overhead --device cuda --size B/2 --input 4x32x32 --batch 64
     step speed_b2 150 "$PY" -m benchmarks step_speed --device cuda --configs B/2:64 --modes eager graph compile \
       --layersync on
-    step quality 290 "$PY" -m benchmarks.gpu_quality "$WORK/quality" "$OUT" --steps 4000 --seeds 0
+    # shellcheck disable=SC2086  # QUALITY is a list of arguments
+    step quality "${QUALITY_LIMIT:-290}" "$PY" -m benchmarks.gpu_quality "$WORK/quality" "$OUT" --steps 4000 \
+      ${QUALITY:---seeds 0}
     step speed_xl2 120 "$PY" -m benchmarks step_speed --device cuda --configs XL/2:256 --modes graph --layersync on \
       --steps 10 --warmup 4
   else

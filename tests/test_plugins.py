@@ -196,9 +196,9 @@ def test_plugin_option_takes_a_plugin_with_one_modality(site):
     reg = Registry()
     assert build.modality_name(reg, "toys") == "wave" and build.modality_name(reg, "wave") == "wave"
     assert build.modality_name(reg, "image") == "image"
-    with pytest.raises(ConfigError, match=r"plugin 'core' provides no modality: give --plugin a modality \(audio, image, motion, video, wave\)"):
+    with pytest.raises(ConfigError, match=r"plugin 'core' provides no modality: give --plugin a modality \(audio, diffusers, image, motion, video, wave\)"):
         build.modality_name(reg, "core")
-    with pytest.raises(ConfigError, match=r"unknown plugin 'nope' \(known: audio, image, motion, video, wave\)"):
+    with pytest.raises(ConfigError, match=r"unknown plugin 'nope' \(known: audio, diffusers, image, motion, video, wave\)"):
         build.modality_name(reg, "nope")
     config = train.resolve(train.parser().parse_args(["--plugin", "toys", "--out", "x"]), reg)
     assert config["modality"] == "wave"

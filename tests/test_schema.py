@@ -24,7 +24,7 @@ def test_every_fixed_key_has_a_rule_and_the_defaults_pass():
 
 def test_choices_match_the_code_that_reads_them():
     from layersync import objective, paths, sampling
-    from layersync.train import modes, optim, trainer
+    from layersync.train import loggers, modes, optim, trainer
 
     assert set(schema.PRECISIONS) == {"auto", *trainer.PRECISIONS}
     assert schema.STEP_MODES == modes.STEP_MODES
@@ -33,6 +33,7 @@ def test_choices_match_the_code_that_reads_them():
     assert schema.PREDICTIONS == objective.PREDICTIONS and schema.LOSS_WEIGHTS == objective.LOSS_WEIGHTS
     assert set(schema.ODE_SOLVERS) == set(sampling.ODE_SOLVERS) and schema.SDE_SOLVERS == sampling.SDE_SOLVERS
     assert schema.DIFFUSION_FORMS == sampling.DIFFUSION_FORMS and schema.LAST_STEPS == sampling.LAST_STEPS
+    assert schema.LOGGERS == tuple(loggers.WRITERS)
 
 
 @pytest.mark.parametrize("assignment, expected", [

@@ -138,7 +138,7 @@ def layersync(config: dict, depth: int) -> LayerSync | None:
     if not pairs:
         return None
     try:
-        return LayerSync(pairs, section["weight"], depth=depth)
+        return LayerSync(pairs, section["weight"], depth=depth, detach_teacher=section["detach_teacher"])
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"layersync.pairs: {exc} (set other pairs with --layersync K:K2)") from None
 

@@ -15,6 +15,7 @@ import yaml
 
 from layersync.errors import ConfigError, reason
 from layersync.schema import check_value, validate
+from layersync.train.loggers import default_loggers
 
 DEFAULTS: dict = {
     "modality": None,
@@ -23,7 +24,7 @@ DEFAULTS: dict = {
     "tokenizer": {"name": "identity"},
     "model": {"name": None},
     "transport": {"path": "linear", "prediction": "velocity", "loss_weight": "none", "train_eps": None, "sample_eps": None},
-    "layersync": {"pairs": [[8, 16]], "weight": 0.2},
+    "layersync": {"pairs": [[8, 16]], "weight": 0.2, "detach_teacher": True},
     "optim": {"lr": 1.0e-4, "weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1.0e-8, "grad_clip": 0.0},
     "train": {
         "steps": 400_000,
@@ -43,6 +44,7 @@ DEFAULTS: dict = {
         "device": "auto",
         "on_nonfinite": "stop",  # NaN/inf in a loss or the gradients: stop (exit 3) or skip the step
         "parallel": "ddp",  # under torchrun: ddp (replicated weights) or fsdp (sharded, DCP checkpoints)
+        "loggers": default_loggers(),  # jsonl (metrics.jsonl, curves.png), plus tensorboard where it is installed
     },
     "sample": {
         "method": "ode",

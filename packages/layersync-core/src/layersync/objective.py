@@ -96,11 +96,15 @@ class LayerSync:
     of ``mean(-cos(h_k, stopgrad(h_k')))``, the cosine taken per token over
     the last (channel) dimension; with ``mask`` (B, tokens) the mean runs over
     the valid tokens only. Block indices are 1-based block outputs.
+    ``detach_teacher=False`` lets the term's gradient reach the teacher side too,
+    as the reference's Wan fine-tuning does (the paper's method detaches it).
     """
 
-    def __init__(self, pairs: Iterable[Sequence[int]] = ((8, 16),), weight: float = 0.2, depth: int | None = None):
+    def __init__(self, pairs: Iterable[Sequence[int]] = ((8, 16),), weight: float = 0.2, depth: int | None = None,
+                 detach_teacher: bool = True):
         self.pairs = [tuple(int(i) for i in p) for p in pairs]
         self.weight = float(weight)
+        self.detach_teacher = bool(detach_teacher)
         if not (math.isfinite(self.weight) and self.weight >= 0):
             raise ValueError(f"LayerSync weight must be a finite number >= 0, got {weight!r}")
         for pair in self.pairs:
@@ -146,7 +150,8 @@ class LayerSync:
         out = []
         for k, kt in self.pairs:
             s = hidden[k].float()
-            with torch.no_grad():  # the teacher side: normalised once, outside autograd
+            # the teacher side, normalised once; outside autograd unless detach_teacher is off
+            with torch.set_grad_enabled(not self.detach_teacher and torch.is_grad_enabled()):
                 t = F.normalize(hidden[kt].float(), dim=-1, eps=1e-8)
             cos = torch.linalg.vecdot(s, t) / torch.linalg.vector_norm(s, dim=-1).clamp_min(1e-8)
             if mask is None:
@@ -160,7 +165,8 @@ class LayerSync:
         return self.weight * torch.stack(self.terms(hidden, mask)).sum()
 
     def __repr__(self) -> str:
-        return f"LayerSync(pairs={self.pairs}, weight={self.weight})"
+        detach = "" if self.detach_teacher else ", detach_teacher=False"
+        return f"LayerSync(pairs={self.pairs}, weight={self.weight}{detach})"
 
 
 class taps(dict):
@@ -168,12 +174,13 @@ class taps(dict):
 
     ``with taps(model.blocks, [8, 16]) as hidden: model(x)`` fills
     ``hidden[8]`` and ``hidden[16]`` (1-based) through forward hooks. A block
-    returning a tuple contributes its first element.
+    returning a tuple contributes its first element, or what ``select(output)`` picks.
     """
 
-    def __init__(self, blocks: Sequence[torch.nn.Module], indices: Iterable[int]):
+    def __init__(self, blocks: Sequence[torch.nn.Module], indices: Iterable[int], select=None):
         super().__init__()
         blocks = list(blocks)
+        self._select = select or (lambda output: output[0] if isinstance(output, tuple) else output)
         self._handles = []
         for k in indices:
             if not 1 <= k <= len(blocks):
@@ -182,7 +189,7 @@ class taps(dict):
 
     def _store(self, k):
         def hook(module, args, output):
-            self[k] = output[0] if isinstance(output, tuple) else output
+            self[k] = self._select(output)
 
         return hook
 

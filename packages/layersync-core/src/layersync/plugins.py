@@ -23,7 +23,8 @@ from layersync import hookspecs
 
 ENTRY_POINT_GROUP = "layersync"
 CATEGORIES = ("modalities", "datasets", "tokenizers", "backbones", "evaluators", "weights")
-FIRST_PARTY = ("layersync-core", "layersync-image", "layersync-audio", "layersync-motion", "layersync-video")
+FIRST_PARTY = ("layersync-core", "layersync-image", "layersync-audio", "layersync-motion", "layersync-video",
+               "layersync-diffusers")
 # The version of what plugins build on (hookspecs, interfaces, layersync.nn, the names in
 # layersync.__all__); a plugin states the one it was built for as LAYERSYNC_PLUGIN_API.
 PLUGIN_API = 1

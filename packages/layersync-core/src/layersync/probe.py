@@ -81,3 +81,36 @@ def profile(model, batches: Iterable, t: float = 0.5, path: Path | None = None, 
         "accuracy": [probe_accuracy(feats[k], labels, seed) for k in blocks],
         "cka": cka_matrix([feats[k] for k in blocks]).tolist(),
     }
+
+
+def paper_pair(depth: int) -> tuple[int, int]:
+    """The reference's SiT-XL/2 pair (8, 16 of 28 blocks) scaled to ``depth`` blocks."""
+    if depth < 2:
+        raise ValueError(f"a LayerSync pair needs at least 2 blocks, the model has {depth}")
+    student = max(1, round(depth * 8 / 28))
+    return student, min(depth, max(student + 1, round(depth * 16 / 28)))
+
+
+def suggest_pair(accuracy: list[float], cka: list[list[float]], tail: float = 0.2) -> tuple[int, int, list[str]]:
+    """A (student, teacher) pair (1-based) from a probe profile, and the reasons, one line each.
+
+    The teacher is the block with the best probe accuracy outside the last ``tail`` of the blocks
+    (the last blocks turn back towards the output and the paper avoids them) and past block 1; ties
+    go to the deeper block. The student sits at about half the teacher's depth, where the pull has
+    room to add what the teacher knows (the CKA between the two says how much they already share)."""
+    depth = len(accuracy)
+    if depth < 2:
+        raise ValueError(f"a LayerSync pair needs at least 2 blocks, the profile has {depth}")
+    last = max(2, int(depth * (1 - tail)))
+    teacher = max(range(2, last + 1), key=lambda k: (accuracy[k - 1], k))
+    student = max(1, round(teacher / 2))
+    shared = cka[student - 1][teacher - 1]
+    reasons = [
+        f"teacher {teacher}: the best probe accuracy ({accuracy[teacher - 1]:.3f}) among blocks 2..{last}, "
+        f"leaving out the last {depth - last} of {depth} blocks",
+        f"student {student}: about half the teacher's depth; its probe accuracy is {accuracy[student - 1]:.3f}",
+        f"CKA(student, teacher) = {shared:.3f}: "
+        + ("they already share most of their structure, so expect a small effect" if shared > 0.9
+           else "room for the student to move towards the teacher"),
+    ]
+    return student, teacher, reasons

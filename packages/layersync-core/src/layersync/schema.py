@@ -9,7 +9,7 @@ that is not there) are made where those objects are built.
 
 The choices repeat the constants of the code that reads each key (train/trainer.py
 PRECISIONS, train/modes.py STEP_MODES, train/optim.py SCHEDULES, objective.py, paths.py,
-sampling.py); tests/test_schema.py checks that they agree.
+sampling.py, train/loggers.py); tests/test_schema.py checks that they agree.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from layersync.errors import ConfigError
 
 @dataclass(frozen=True)
 class Rule:
-    """One key's rule. ``kind``: int | float | str | pair (two numbers) | pairs (LayerSync block pairs).
+    """One key's rule. ``kind``: int | float | str | bool | pair (two numbers) | pairs (LayerSync block pairs) |
+    names (a list of ``choices``).
 
     ``low``/``high`` bound numbers (``open_low``/``open_high``: the bound itself is excluded);
     ``choices`` lists the allowed strings; ``pattern`` a regular expression a string must match;
@@ -47,6 +48,8 @@ class Rule:
         """What the rule asks for, in words: 'an integer >= 1', 'one of auto, fp32, bf16', ..."""
         if self.kind == "pairs":
             text = "a list of [student, teacher] block pairs with 1 <= student < teacher (or [] for off)"
+        elif self.kind == "names":
+            text = f"a list of names from {', '.join(self.choices)}"
         elif self.kind == "pair":
             text = f"a list of two numbers{self._range(' each')}"
             if self.meaning.startswith("[lo, hi]"):
@@ -56,7 +59,8 @@ class Rule:
         elif self.text:
             text = self.text
         else:
-            text = {"int": "an integer", "float": "a number", "str": "a string"}[self.kind] + self._range("")
+            text = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}[self.kind]
+            text += self._range("")
         return text + (" or null" if self.null else "")
 
     def _range(self, each: str) -> str:
@@ -73,6 +77,8 @@ class Rule:
     def ok(self, value) -> bool:
         if value is None:
             return self.null
+        if self.kind == "bool":
+            return isinstance(value, bool)
         if self.kind == "int":
             return _is_int(value) and self._in_range(value)
         if self.kind == "float":
@@ -89,6 +95,8 @@ class Rule:
             return (isinstance(value, (list, tuple)) and len(value) == 2
                     and all(_is_number(v) and self._in_range(v) for v in value)
                     and (not self.meaning.startswith("[lo, hi]") or value[0] <= value[1]))
+        if self.kind == "names":
+            return isinstance(value, (list, tuple)) and all(isinstance(v, str) and v in self.choices for v in value)
         if self.kind == "pairs":
             return isinstance(value, (list, tuple)) and all(
                 isinstance(p, (list, tuple)) and len(p) == 2 and all(_is_int(k) for k in p) and 1 <= p[0] < p[1]
@@ -151,6 +159,7 @@ DIFFUSION_FORMS = ("constant", "sbdm", "sigma", "linear", "decreasing", "increas
 LAST_STEPS = ("mean", "euler", "tweedie", "none")
 ON_NONFINITE = ("stop", "skip")
 PARALLEL = ("ddp", "fsdp")
+LOGGERS = ("jsonl", "tensorboard", "wandb")
 
 SCHEMA: dict[str, Rule] = {
     "modality": Rule("str", "the modality plugin the run belongs to", null=True),
@@ -166,6 +175,8 @@ SCHEMA: dict[str, Rule] = {
     "layersync.pairs": Rule("pairs", "[[student, teacher], ...] 1-based block outputs; [] turns LayerSync off"),
     "layersync.weight": Float("the weight of the LayerSync term (its finiteness: checked with the term)",
                               finite=False),
+    "layersync.detach_teacher": Rule("bool", "stop the term's gradient at the teacher (the paper); false "
+                                             "reproduces the reference's Wan fine-tuning"),
     # optim: train/optim.py build_optimizer (AdamW)
     "optim.lr": Float("AdamW's (peak) learning rate", 0),
     "optim.weight_decay": Float("AdamW's decoupled weight decay", 0),
@@ -193,6 +204,8 @@ SCHEMA: dict[str, Rule] = {
                                  *ON_NONFINITE),
     "train.parallel": Choice("under torchrun: ddp replicates the weights, fsdp shards them (FSDP2) and writes "
                              "sharded checkpoints; fixed for a run", *PARALLEL),
+    "train.loggers": Rule("names", "where the metrics go: metrics.jsonl (and curves.png), TensorBoard, wandb",
+                          choices=LOGGERS),
     # sample: sampling.py SamplerConfig, Sampler, ode_solve, sde_solve
     "sample.method": Choice("probability-flow ODE or reverse SDE", *SAMPLE_METHODS),
     "sample.solver": Choice("ode: euler, heun or dopri5; sde: euler or heun", *ODE_SOLVERS),

@@ -1,4 +1,4 @@
-"""layersync: the umbrella command (plugins, weights, fetch, check-plugin, new-plugin, probe)."""
+"""layersync: the umbrella command (plugins, weights, fetch, check-plugin, new-plugin, probe, suggest-pairs, report)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import urllib.request
 from pathlib import Path
 
 import layersync
-from layersync.cli import check_plugin, new_plugin, probe
+from layersync.cli import check_plugin, new_plugin, probe, report
 from layersync.cli.common import Parser, entry_point
 from layersync.errors import ConfigError
 from layersync.files import atomic
@@ -67,6 +67,8 @@ def main(argv=None):
     check_plugin.configure(sub.add_parser("check-plugin", help="build and exercise every piece a plugin provides"))
     new_plugin.configure(sub.add_parser("new-plugin", help=new_plugin.HELP))
     probe.configure(sub.add_parser("probe", help=probe.HELP))
+    probe.configure(sub.add_parser("suggest-pairs", help=probe.SUGGEST_HELP), suggest=True)
+    report.configure(sub.add_parser("report", help=report.HELP))
     args = p.parse_args(argv)
     if args.command == "check-plugin":
         return check_plugin.run(args)
@@ -74,6 +76,10 @@ def main(argv=None):
         return new_plugin.run(args)
     if args.command == "probe":
         return probe.run(args)
+    if args.command == "suggest-pairs":
+        return probe.suggest(args)
+    if args.command == "report":
+        return report.run(args)
     reg = registry()
     if args.command == "plugins":
         print(f"layersync-core {layersync.__version__}, plugin API {layersync.PLUGIN_API}")

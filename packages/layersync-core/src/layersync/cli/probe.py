@@ -1,9 +1,10 @@
 """layersync probe --ckpt C: per-block linear-probe accuracy and block-by-block CKA of a checkpoint's EMA model.
+layersync suggest-pairs --ckpt C: the LayerSync pair that profile recommends, and why.
 
 Encodes --n items of the checkpoint's data set (``--data`` replaces data.path), noises them at time
 --t with a seeded generator and runs the model with the null condition (``layersync.probe.profile``).
 Writes OUT/probe.json and OUT/probe.png: accuracy per block (left; ``--compare C2`` adds a second
-checkpoint's line, e.g. LayerSync against vanilla) and the CKA heat-map of --ckpt (right).
+checkpoint's line, e.g. LayerSync against vanilla) and the CKA heat-map of each checkpoint.
 """
 
 from __future__ import annotations
@@ -16,23 +17,26 @@ from layersync import build
 from layersync.errors import ConfigError
 from layersync.files import atomic, write_json
 from layersync.plugins import registry
-from layersync.probe import profile
+from layersync.probe import paper_pair, profile, suggest_pair
 from layersync.train import checkpoint
 from layersync.train.distributed import pick_device
 
 HELP = "linear-probe accuracy and CKA of every block of a checkpoint's EMA model"
+SUGGEST_HELP = "recommend a LayerSync pair (--layersync K:K2) from a checkpoint's probe profile"
 
 
-def configure(parser) -> None:
+def configure(parser, suggest: bool = False) -> None:
     parser.add_argument("--ckpt", required=True, help="a checkpoint, or a run folder (its latest checkpoint)")
-    parser.add_argument("--compare", help="a second checkpoint whose accuracy line joins the plot")
+    if not suggest:
+        parser.add_argument("--compare", help="a second checkpoint whose accuracy line joins the plot")
     parser.add_argument("--data", help="the data set's path (data.path); default: the checkpoint's")
     parser.add_argument("--n", type=int, default=512, help="items to probe (default 512), half fit, half scored")
     parser.add_argument("--t", type=float, default=0.5, help="the noise level (default 0.5; 1 is clean data)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
-    parser.add_argument("--out", default="probe", help="the folder for probe.json and probe.png (default ./probe)")
+    if not suggest:
+        parser.add_argument("--out", default="probe", help="the folder for probe.json and probe.png (default ./probe)")
 
 
 def run_profile(ckpt: str, args, device: torch.device) -> dict:
@@ -71,32 +75,57 @@ def run_profile(ckpt: str, args, device: torch.device) -> dict:
     return {"checkpoint": ckpt, "step": int(state["step"]), **result}
 
 
+def label(result: dict) -> str:
+    """A short name for a checkpoint: its run folder's name and the step."""
+    path = Path(result["checkpoint"])
+    run = path.parent.parent if path.parent.name == "checkpoints" else path
+    return f"{run.name or path.name} (step {result['step']})"
+
+
 def plot(results: list[dict], target: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(11, 4.5))
-    left, right = fig.subplots(1, 2)
+    fig = Figure(figsize=(5.5 * (1 + len(results)), 4.5))
+    left, *maps = fig.subplots(1, 1 + len(results))
     for result in results:
         blocks = range(1, result["depth"] + 1)
-        left.plot(blocks, result["accuracy"], marker="o", label=f"{result['checkpoint']} (step {result['step']})")
+        left.plot(blocks, result["accuracy"], marker="o", label=label(result))
     left.set(xlabel="block", ylabel="linear-probe accuracy", ylim=(0, 1), title="probe accuracy per block")
     left.legend(fontsize="small")
-    depth = results[0]["depth"]
-    image = right.imshow(results[0]["cka"], vmin=0, vmax=1, cmap="viridis", origin="lower",
-                         extent=(0.5, depth + 0.5, 0.5, depth + 0.5))
-    right.set(xlabel="block", ylabel="block", title=f"linear CKA: {results[0]['checkpoint']}")
-    fig.colorbar(image, ax=right)
+    for ax, result in zip(maps, results):
+        depth = result["depth"]
+        image = ax.imshow(result["cka"], vmin=0, vmax=1, cmap="viridis", origin="lower",
+                          extent=(0.5, depth + 0.5, 0.5, depth + 0.5))
+        ax.set(xlabel="block", ylabel="block", title=f"linear CKA: {label(result)}")
+        fig.colorbar(image, ax=ax)
     fig.tight_layout()
     with atomic(target) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
 
 
-def run(args) -> int:
+def check(args) -> None:
     if args.n < 4:
         raise ConfigError(f"--n {args.n}: expected at least 4 items")
+
+
+def suggest(args) -> int:
+    check(args)
+    result = run_profile(args.ckpt, args, pick_device(args.device))
+    student, teacher, reasons = suggest_pair(result["accuracy"], result["cka"])
+    paper = paper_pair(result["depth"])
+    print(f"--layersync {student}:{teacher}")
+    for reason in reasons:
+        print(f"  {reason}")
+    print(f"  for comparison, the paper's SiT-XL/2 pair 8:16 of 28 blocks scaled to {result['depth']} blocks is "
+          f"{paper[0]}:{paper[1]}")
+    return 0
+
+
+def run(args) -> int:
+    check(args)
     device = pick_device(args.device)
     results = [run_profile(ckpt, args, device) for ckpt in [args.ckpt, args.compare] if ckpt is not None]
     out = Path(args.out)

@@ -207,6 +207,8 @@ def main(argv=None):
                      config["train"]["steps"])
         log.info("samples: %s", Path(args.out) / "samples")
         log.info("checkpoints: %s, metrics: %s", Path(args.out) / "checkpoints", Path(args.out) / "metrics.jsonl")
+        if "tensorboard" in config["train"]["loggers"]:
+            log.info("watch it: tensorboard --logdir %s", Path(args.out) / "tensorboard")
     return 0
 
 

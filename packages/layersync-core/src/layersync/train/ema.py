@@ -15,10 +15,12 @@ class EMA:
 
     def track(self, model: torch.nn.Module) -> None:
         """Follow ``model``'s parameters and buffers (again after FSDP sharded it and the copy alike:
-        sharding replaces them)."""
+        sharding replaces them). Frozen parameters (a LoRA's base model) are left out: they never change."""
         source = getattr(model, "module", model)
-        self._src = [p for p in source.parameters()]
-        self._dst = [p for p in self.model.parameters()]
+        copies = dict(self.model.named_parameters())
+        pairs = [(p, copies[name]) for name, p in source.named_parameters() if p.requires_grad]
+        self._src = [src for src, _ in pairs]
+        self._dst = [dst for _, dst in pairs]
         self._src_buffers = list(source.buffers())
         self._dst_buffers = list(self.model.buffers())
 

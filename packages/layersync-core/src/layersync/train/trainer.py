@@ -20,7 +20,7 @@ from layersync.files import atomic
 from layersync.interfaces import sample_info
 from layersync.plugins import Registry, registry as default_registry
 from layersync.sampling import derive_seed, seeded_samples
-from layersync.train import checkpoint, distributed
+from layersync.train import checkpoint, distributed, loggers
 from layersync.train.data import make_loader
 from layersync.train.ema import EMA
 from layersync.train.modes import make_step, resolve_mode
@@ -32,14 +32,14 @@ log = logging.getLogger("layersync")
 # Keys that may change when a run is resumed; anything else must match.
 RESUMABLE_KEYS = {
     "train.steps", "train.log_every", "train.ckpt_every", "train.sample_every", "train.num_workers", "train.device",
-    "train.step_mode", "train.on_nonfinite", "train.keep", "train.keep_every",
+    "train.step_mode", "train.on_nonfinite", "train.keep", "train.keep_every", "train.loggers",
 }
 # What a checkpoint must hold to be resumed from (``restore``); one without is set aside as corrupt.
 RESTORE_KEYS = ("step", "config", "model", "ema", "optimizer", "step_generator", "torch_rng")
 # The first line of config.yaml, written with each checkpoint: marks a folder whose run really started
 # (an older version wrote config.yaml before the first step, so one without it blocks nothing).
 STARTED = "# the config of the run in this folder, rewritten with each checkpoint\n"
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "samples", "config.yaml")
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "samples", "config.yaml", "curves.png", "tensorboard", "wandb")
 ON_NONFINITE = ("stop", "skip")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
@@ -80,6 +80,7 @@ class Trainer:
         train = config["train"]
         if str(train["device"]).startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"train.device={train['device']}: this machine has no CUDA device (use auto or cpu)")
+        loggers.check(train["loggers"])  # on every rank, before any of them starts
         self.env = distributed.setup(train["device"])
         self.autocast_dtype = resolve_precision(train["precision"], self.env.device)
         self.parallel = train["parallel"]
@@ -367,7 +368,7 @@ class Trainer:
             log.info("step mode: %s, precision: %s", self.step_mode, self.autocast_dtype or "fp32")
         total = cfg["steps"]
         bar = tqdm(total=total, initial=self.step, disable=not self.env.main, unit="step", dynamic_ncols=True)
-        metrics = open(self.out / "metrics.jsonl", "a") if self.env.main else None
+        writers = loggers.Loggers(cfg["loggers"], self.out, self.config, self.step) if self.env.main else None
         last = {}
         tick, tick_step, started = time.perf_counter(), self.step, time.perf_counter()
         batches = iter(loader)
@@ -417,21 +418,23 @@ class Trainer:
                     if nonfinite:
                         record["nonfinite"] = nonfinite
                     skipped, nonfinite = 0, []
-                    if metrics:
-                        metrics.write(json.dumps(record) + "\n")
-                        metrics.flush()
-                    bar.set_postfix(loss=f"{last['loss']:.4f}", sync=f"{last['layersync_loss']:.3f}")
+                    if writers:
+                        writers.log(record)
+                    bar.set_postfix({"loss": f"{last['loss']:.4f}", "sync": f"{last['layersync_loss']:.3f}",
+                                     "samples/s": f"{rate:.1f}"})
                 if ckpt_now:
                     self.check_weights("checkpoint")
                     self.save_checkpoint()
                 if samples_now:
                     self.check_weights("samples")
-                    self.save_samples()
+                    preview = self.save_samples()
+                    if writers:
+                        writers.samples(self.step, preview)
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
             bar.close()
-            if metrics:
-                metrics.close()
+            if writers:
+                writers.close()
         distributed.barrier(self.env)
         return {"step": self.step, **last}

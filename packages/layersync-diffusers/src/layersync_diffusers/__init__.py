@@ -1,0 +1,1 @@
+"""LayerSync for pretrained diffusers transformers."""

@@ -1,0 +1,34 @@
+"""Pretrained diffusers transformers as LayerSync backbones, registered through the ``layersync`` entry point."""
+
+from pathlib import Path
+
+from layersync import Modality, hookimpl
+
+from layersync_diffusers.adapter import build_diffusers  # imports diffusers and peft only when it builds
+from layersync_diffusers.data import TextLatents, save_latents
+
+RECIPES = Path(__file__).parent / "recipes"
+
+LAYERSYNC_PLUGIN_API = 1  # the layersync.PLUGIN_API this plugin is written for
+
+
+@hookimpl
+def layersync_modalities():
+    return {
+        "diffusers": Modality(
+            name="diffusers",
+            description="LoRA fine-tuning of a pretrained diffusers transformer on cached latents and text embeddings",
+            recipe=RECIPES / "lora.yaml",
+            save_samples=save_latents,
+        )
+    }
+
+
+@hookimpl
+def layersync_datasets():
+    return {"text-latents": TextLatents}
+
+
+@hookimpl
+def layersync_backbones():
+    return {"diffusers": build_diffusers}
