@@ -181,7 +181,7 @@ def test_reference_flag_sets_config(flags, key, value):
 def test_readme_command_translates():
     config = resolved(*"--model SiT-XL/2 --loss-type layer_sync --reg-weight 0.2 --encoder-depth 8 "
                       "--gt-encoder-depth 16".split())
-    assert config["model"]["size"] == "XL/2" and config["layersync"] == {"pairs": [[8, 16]], "weight": 0.2}
+    assert config["model"]["size"] == "XL/2" and config["layersync"] == {"pairs": [[8, 16]], "weight": 0.2, "detach_teacher": True}
 
 
 @pytest.mark.parametrize("flags, words", [
@@ -227,7 +227,7 @@ def test_paper_recipes_and_their_vanilla_twins(name):
         inspect.signature(sd_vae).bind(**{k: v for k, v in own["tokenizer"].items() if k != "name"})
         inspect.signature(build_sit).bind((4, 32, 32), 1000, **{k: v for k, v in own["model"].items() if k != "name"})
         assert (own["data"]["name"], own["tokenizer"]["name"]) == ("latent-cache", "sd-vae")
-    assert loaded[""]["layersync"] == {"pairs": pairs, "weight": 0.2} and loaded["_vanilla"]["layersync"]["pairs"] == []
+    assert loaded[""]["layersync"] == {"pairs": pairs, "weight": 0.2, "detach_teacher": True} and loaded["_vanilla"]["layersync"]["pairs"] == []
     loaded["_vanilla"]["layersync"]["pairs"] = pairs
     assert loaded[""] == loaded["_vanilla"]  # the twins differ in the pairs only
 
