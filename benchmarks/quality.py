@@ -135,6 +135,11 @@ def choose_arms(modality: str, base: dict, work: Path, args, scores: dict) -> di
     return arms
 
 
+def eval_steps(args) -> list[int]:
+    """The scored checkpoints: every --eval-every steps up to the largest budget (budgets are multiples of it)."""
+    return list(range(args.eval_every, max(args.budgets) + 1, args.eval_every))
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -154,7 +159,7 @@ def reach(curve: list[tuple[int, float]], target: float) -> float | None:
 
 def summarise(modality: str, arms: dict, scores: dict, args, metric: Metric) -> tuple:
     """The report's rows, its Markdown, the mean FID curves and the speed-ups."""
-    steps = sorted({s for s in range(args.eval_every, max(args.budgets) + 1, args.eval_every)} | set(args.budgets))
+    steps = eval_steps(args)
     runs = scores["runs"]
 
     def values(arm, step, key):
@@ -224,7 +229,7 @@ def plot(modality: str, arms: dict, scores: dict, args, target: Path) -> None:
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    steps = sorted({s for s in range(args.eval_every, max(args.budgets) + 1, args.eval_every)} | set(args.budgets))
+    steps = eval_steps(args)
     fig = Figure(figsize=(11, 4.2))
     axes = fig.subplots(1, 2)
     for arm, pairs in arms.items():
@@ -255,7 +260,7 @@ def run_modality(modality: str, args) -> None:
     base = recipe(modality)
     metric = Metric(base, classifier_steps=args.classifier_steps, rows=args.real_rows)
     arms = choose_arms(modality, base, work, args, scores)
-    steps = sorted({s for s in range(args.eval_every, max(args.budgets) + 1, args.eval_every)} | set(args.budgets))
+    steps = eval_steps(args)
     jobs = [(arm, seed) for seed in args.seeds for arm in arms]
     for arm, seed in tqdm(jobs, desc=f"quality {modality}", unit="run"):
         name = f"{arm}_s{seed}"
