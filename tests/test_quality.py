@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from layersync.plugins import registry
 from layersync.probe import paper_pair, suggest_pair
 
 ROOT = Path(__file__).resolve().parents[1]
+MNIST = ROOT / "packages/layersync-image/src/layersync_image/recipes/mnist.yaml"
 
 
 def test_real_digits_score_well_and_noise_badly():
@@ -57,6 +59,23 @@ def test_classifier_pools_over_valid_positions_only():
     spoiled[..., 24:] = 1e3  # beyond every position the mask keeps after three stride-2 convolutions
     assert torch.allclose(net.features(x, mask.expand(2, -1)), net.features(spoiled, mask.expand(2, -1)))
     assert not torch.allclose(net.features(x), net.features(spoiled))
+
+
+def test_budgets_must_be_multiples_of_the_evaluation_interval(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        quality.main(["--modality", "motion", "--budgets", "300", "--seeds", "0", "1"])
+    assert exit_info.value.code == 2 and "motion: budgets [300]" in capsys.readouterr().err  # motion scores every 200
+    with pytest.raises(SystemExit):
+        quality.main(["--modality", "all", "--config", str(MNIST)])
+
+
+def test_settings_take_the_command_line_then_the_modality_defaults():
+    given = SimpleNamespace(quick=False, num=300, **{k: None for k in ("budgets", "seeds", "eval_every",
+                                                                          "classifier_steps", "sample_steps", "probe_n")})
+    motion, image = quality.settings("motion", given), quality.settings("image", given)
+    assert (motion.budgets, motion.eval_every, motion.sample_steps, motion.num) == ([200, 400], 200, 10, 300)
+    assert (image.budgets, image.eval_every, image.sample_steps, image.seeds) == ([500, 1000, 2000], 500, None, [0, 1, 2])
+    assert quality.settings("video", SimpleNamespace(**{**vars(given), "quick": True})).budgets == [2, 4]
 
 
 def test_suggested_pair_follows_the_rule():
@@ -116,6 +135,12 @@ def test_quick_pipeline_for_every_modality(tmp_path):
     image = json.loads((tmp_path / "out" / "quality-image.json").read_text())
     assert {"paper", "random"} <= set(image["arms"]) and image["pair_choice"]["depth"] == 6
     assert len(set(image["arms"].values())) == len(image["arms"])  # each pair trained once
+
+    mnist = bench("--modality", "image", "--config", str(MNIST))
+    assert mnist.returncode == 0, mnist.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "quality-image-mnist.json").read_text())
+    assert report["settings"]["config"] == "mnist.yaml" and len(report["rows"]) == 2 * len(report["arms"])
+    assert "mnist-5k" in (tmp_path / "work" / "image-mnist" / "vanilla_s0" / "config.yaml").read_text()
 
     log = tmp_path / "work" / "audio" / "logs" / "vanilla_s0.log"
     before = log.read_text()

@@ -4,7 +4,9 @@ For each modality of the plugin its recipe is built through the registry and eve
 runs once on a batch of 2: the data set's batch, the tokenizer's encoding, the backbone's
 forward with capture, one training step with LayerSync, a graph-safety check of the
 forward (no host syncs), a short sampling run, ``save_samples`` and the evaluators on two
-tiny sample sets. A plugin without a modality has its backbones built at a tiny size.
+tiny sample sets. A modality's ``check_fixture`` (a tiny random model, a few items) stands in
+for the user's data and weights its recipe needs. A plugin without a modality has its backbones
+built at a tiny size.
 Every check gives one ``CheckResult``: PASS, FAIL (the check raised or found a breach
 of the contract) or SKIP (published weights are missing, or a check it needs did not pass).
 """
@@ -327,15 +329,20 @@ def check_evaluator(reg: Registry, name: str, sets: EvalSets, device):
 class Pipeline:
     """The pieces of one modality's recipe, built the way the trainer builds them."""
 
-    def __init__(self, reg: Registry, name: str, device: torch.device):
-        self.reg, self.name, self.device = reg, name, device
+    def __init__(self, reg: Registry, name: str, device: torch.device, folder: Path):
+        self.reg, self.name, self.device, self.folder = reg, name, device, folder
         self.modality = reg.get("modalities", name)
 
     def recipe(self):
-        config = configuration.load(self.modality.recipe, None, [f"modality={self.name}"])
+        assignments, detail = [], Path(self.modality.recipe).name
+        if self.modality.check_fixture is not None:  # tiny model and items in place of the user's
+            fixture = self.folder / "fixture"
+            fixture.mkdir(parents=True)
+            assignments, detail = list(self.modality.check_fixture(fixture)), f"{detail} + check fixture"
+        config = configuration.load(self.modality.recipe, None, [f"modality={self.name}", *assignments])
         # a short deterministic sampler: the checks draw samples, they do not judge them
         self.config = configuration.merge(config, {"sample": {"method": "ode", "solver": "euler", "steps": 2}})
-        return self.config, f"{Path(self.modality.recipe).name}"
+        return self.config, detail
 
     def build_dataset(self):
         self.dataset = build.dataset(self.reg, self.config)
@@ -405,7 +412,7 @@ class Pipeline:
 
 
 def check_modality(rep: Report, reg: Registry, name: str, device, folder: Path, used: set) -> None:
-    pipe = Pipeline(reg, name, device)
+    pipe = Pipeline(reg, name, device, folder / name)
     item = item_name("modalities", name)
     config = rep.run(item, "recipe", pipe.recipe)
     if config is NOT_RUN:

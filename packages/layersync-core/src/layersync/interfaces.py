@@ -147,6 +147,11 @@ class Modality:
         texts through the text encoder, action names, or the test split's captions and
         lengths); ``facts`` maps names to one value per condition (e.g. captions), handed
         to ``save_samples``/``save_items`` with the samples; None: ``--cond`` takes class labels.
+    check_fixture: ``check_fixture(folder) -> ["data.path=...", ...]`` writes into an empty
+        folder what the recipe needs to run without user data or published weights (tiny
+        random model, a few items) and returns ``--set`` assignments (e.g. ``data.path=...``,
+        ``model.path=...``) that ``layersync check-plugin`` applies over the recipe; None: the
+        recipe runs as it is.
     """
 
     name: str
@@ -160,6 +165,7 @@ class Modality:
     cache_recipe: Path | None = None
     cache_views: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
     conditions: Callable[[list[str], dict, int], tuple] | None = None
+    check_fixture: Callable[[Path], list[str]] | None = None
 
 
 def sample_info(tokenizer, dataset=None) -> dict:

