@@ -5,19 +5,20 @@
 
 For each modality's default recipe (its bundled data set; --config: another recipe, e.g. the image
 plugin's mnist.yaml): per seed, `layersync-train` once with LayerSync off and once with the recipe's
-pairs (image also: the paper's rule scaled to the depth, the pair `layersync suggest-pairs` recommends
-from the vanilla seed-0 run's first budget, and a random pair), up to the largest budget, keeping a
-checkpoint every --eval-every steps. Each checkpoint's EMA model draws --num samples (the recipe's
-sampler; the real items' labels and masks in turn) that are scored with benchmarks/quality_metric.py:
-a Frechet distance on the features of a classifier trained here on the same data set, not the
-field's published metric.
+pairs (the image default recipe also: the paper's rule scaled to the depth, the pair `layersync
+suggest-pairs` recommends from the vanilla seed-0 run's first budget, and a random pair), up to the
+largest budget, keeping a checkpoint every --eval-every steps. Each checkpoint's EMA model draws --num
+samples (the recipe's sampler; the real items' labels and masks in turn) that are scored with
+benchmarks/quality_metric.py: a Frechet distance on the features of a classifier trained here on the
+same data set, not the field's published metric.
 
 Writes OUT/quality-MODALITY.{md,json,png} and OUT/runs-MODALITY/ (`layersync report` of seed 0's
 runs): FID and class accuracy, mean +- std over seeds per budget, the relative improvement over
 vanilla (and the paired difference, seed by seed), and the speed-up: the budget over the steps each
-arm needs to reach vanilla's final FID. Runs resume: finished training runs and scored checkpoints
-(WORK/MODALITY/scores.json) are kept. The defaults (FULL, FULL_BY_MODALITY) take one to two hours per
-modality on 2 CPU cores; --quick (2 + 4 steps, 2 seeds, 32 samples) only checks the pipeline.
+arm needs to reach (and stay at) vanilla's final FID. Runs resume: finished training runs and scored
+checkpoints (WORK/MODALITY/scores.json) are kept; a larger budget trains on from the last checkpoint.
+The defaults (FULL, FULL_BY_MODALITY) take one to two hours per modality on 2 CPU cores; --quick (2 + 4
+steps, 2 seeds, 32 samples) only checks the pipeline.
 """
 
 from __future__ import annotations
@@ -52,11 +53,12 @@ QUICK = {"budgets": [2, 4], "seeds": [0, 1], "eval_every": 2, "num": 32, "classi
          "real_rows": 64, "sample_steps": 2}
 FULL = {"budgets": None, "seeds": [0, 1, 2], "eval_every": 500, "num": 1000,
         "classifier_steps": 3000, "probe_n": 512, "real_rows": None, "sample_steps": None}
-# Per modality, what the committed reports ran (benchmarks/results/quality-cpu-2026-11-27/): within one
+# Per modality, what the committed reports ran (benchmarks/results/quality-cpu-2026-11-28/): within one
 # to two hours on 2 CPU cores each. Motion trains slowest and samples 160 frames: fewer samples, fewer steps.
-FULL_BY_MODALITY = {"image": {"budgets": [500, 1000, 2000]}, "audio": {"budgets": [500, 1000], "num": 500},
+FULL_BY_MODALITY = {"image": {"budgets": [500, 1000, 2000]},
+                    "audio": {"budgets": [500, 1000, 1500], "num": 500},
                     "video": {"budgets": [500, 1000, 1500], "num": 500},
-                    "motion": {"budgets": [200, 400], "eval_every": 200, "num": 250, "sample_steps": 10}}
+                    "motion": {"budgets": [200, 400, 600], "eval_every": 200, "num": 250, "sample_steps": 10}}
 
 
 def recipe(modality: str, config_file: Path | None = None) -> dict:
@@ -120,9 +122,9 @@ def depth_of(run: Path, step: int) -> int:
 
 
 def choose_arms(modality: str, base: dict, work: Path, args, scores: dict) -> dict:
-    """arm name -> pairs text. Image: the pair-choice arms too, each distinct pair once."""
+    """arm name -> pairs text. The image default recipe: the pair-choice arms too, each distinct pair once."""
     arms = {"vanilla": "off", "layersync": pairs_text(base["layersync"]["pairs"])}
-    if modality != "image":
+    if modality != "image" or args.config:
         return arms
     if "pair_choice" not in scores:
         first = min(args.budgets)
@@ -153,16 +155,17 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def reach(curve: list[tuple[int, float]], target: float) -> float | None:
-    """The first step (linearly interpolated) at which a mean FID curve is at or below ``target``."""
-    previous = None
-    for step, value in curve:
-        if value <= target:
-            if previous is None or previous[1] == value:
-                return float(step)
-            (s0, v0) = previous
-            return s0 + (step - s0) * (v0 - target) / (v0 - value)
-        previous = (step, value)
-    return None
+    """The step (linearly interpolated) from which a mean FID curve stays at or below ``target``.
+
+    Early checkpoints can score below a later one (blurry samples near the data's mean features), so a
+    first crossing followed by a rise does not count; None if the curve ends above ``target``."""
+    above = [i for i, (_, value) in enumerate(curve) if value > target]
+    if not curve or (above and above[-1] == len(curve) - 1):
+        return None
+    if not above:
+        return float(curve[0][0])
+    (s0, v0), (s1, v1) = curve[above[-1]], curve[above[-1] + 1]
+    return s0 + (s1 - s0) * (v0 - target) / (v0 - v1)
 
 
 def seed_values(scores: dict, arm: str, step: int, key: str, seeds: list[int]) -> list[float]:
@@ -217,9 +220,9 @@ def summarise(modality: str, arms: dict, scores: dict, args, metric: Metric) -> 
         paired = pm(row["paired_difference"]) if "paired_difference" in row else ""
         lines.append(f"| {row['budget']} | {row['arm']} | {row['pairs']} | {pm(row['fid'])} | "
                      f"{pm(row['class_accuracy'])} | {improvement} | {paired} |")
-    lines += ["", f"Speed-up: {last} steps over the steps each arm needs to reach vanilla's mean FID at {last} "
-              f"({'n/a' if target is None else f'{target:.3f}'}), linearly interpolated between checkpoints "
-              f"every {args.eval_every} steps:", ""]
+    lines += ["", f"Speed-up: {last} steps over the steps each arm needs to reach and stay at vanilla's mean FID "
+              f"at {last} ({'n/a' if target is None else f'{target:.3f}'}), linearly interpolated between "
+              f"checkpoints every {args.eval_every} steps:", ""]
     for arm, speedup in speedups.items():
         if arm != "vanilla":
             lines.append(f"- {arm} ({arms[arm]}): " + ("not reached" if speedup is None else f"{speedup:.2f}x"))
@@ -285,8 +288,7 @@ def run_modality(modality: str, args) -> None:
         name = f"{arm}_s{seed}"
         run, entry = work / name, scores["runs"].setdefault(name, {"pairs": arms[arm], "scores": {}})
         seconds = train(modality, run, arms[arm], seed, args, work / "logs" / f"{name}.log")
-        if seconds:
-            entry["train_s"] = seconds
+        entry["train_s"] = entry.get("train_s", 0.0) + seconds  # summed over resumes
         for step in steps:
             if str(step) not in entry["scores"]:
                 entry["scores"][str(step)] = score_checkpoint(run / "checkpoints" / f"step_{step:07d}.pt", metric,

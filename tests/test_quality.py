@@ -99,6 +99,9 @@ def test_speed_up_interpolates_between_checkpoints():
     assert quality.reach([(500, 10.0), (1000, 6.0), (1500, 4.0)], 8.0) == pytest.approx(750.0)
     assert quality.reach([(500, 3.0)], 8.0) == 500.0
     assert quality.reach([(500, 10.0), (1000, 9.0)], 8.0) is None
+    # a dip below the target that rises again is not reaching it: the last crossing counts
+    assert quality.reach([(500, 7.0), (1000, 12.0), (1500, 6.0)], 8.0) == pytest.approx(1000 + 500 * 4 / 6)
+    assert quality.reach([(500, 7.0), (1000, 12.0)], 8.0) is None
 
 
 def test_suggest_pairs_command_on_a_tiny_checkpoint(tmp_path, capsys):
@@ -140,6 +143,7 @@ def test_quick_pipeline_for_every_modality(tmp_path):
     assert mnist.returncode == 0, mnist.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "quality-image-mnist.json").read_text())
     assert report["settings"]["config"] == "mnist.yaml" and len(report["rows"]) == 2 * len(report["arms"])
+    assert set(report["arms"]) == {"vanilla", "layersync"}  # pair choice is validated on the default recipe only
     assert "mnist-5k" in (tmp_path / "work" / "image-mnist" / "vanilla_s0" / "config.yaml").read_text()
 
     log = tmp_path / "work" / "audio" / "logs" / "vanilla_s0.log"
