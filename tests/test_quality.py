@@ -73,7 +73,7 @@ def test_settings_take_the_command_line_then_the_modality_defaults():
     given = SimpleNamespace(quick=False, num=300, **{k: None for k in ("budgets", "seeds", "eval_every",
                                                                           "classifier_steps", "sample_steps", "probe_n")})
     motion, image = quality.settings("motion", given), quality.settings("image", given)
-    assert (motion.budgets, motion.eval_every, motion.sample_steps, motion.num) == ([200, 400], 200, 10, 300)
+    assert (motion.budgets, motion.eval_every, motion.sample_steps, motion.num) == ([200, 400, 600], 200, 10, 300)
     assert (image.budgets, image.eval_every, image.sample_steps, image.seeds) == ([500, 1000, 2000], 500, None, [0, 1, 2])
     assert quality.settings("video", SimpleNamespace(**{**vars(given), "quick": True})).budgets == [2, 4]
 
