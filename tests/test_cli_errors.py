@@ -55,6 +55,12 @@ def test_graph_mode_without_cuda(tmp_path, capsys, monkeypatch):
     assert "needs a CUDA device" in run_error(tiny_args(tmp_path, 1, "--step-mode", "graph"), capsys)
 
 
+def test_grad_accum_must_divide_the_batch(tmp_path, capsys):
+    line = run_error(tiny_args(tmp_path, 1, "--set", "train.grad_accum=3"), capsys)
+    assert "train.grad_accum=3" in line and "16" in line
+    assert "train.grad_accum" in run_error(tiny_args(tmp_path / "b", 1, "--set", "train.grad_accum=0"), capsys)
+
+
 def test_bad_lr_schedule(tmp_path, capsys):
     assert "train.lr_schedule" in run_error(tiny_args(tmp_path, 1, "--set", "train.lr_schedule=linear"), capsys)
     assert "train.warmup_steps" in run_error(tiny_args(tmp_path, 1, "--set", "train.warmup_steps=-3"), capsys)

@@ -89,3 +89,56 @@ def test_taps_collect_block_outputs_of_a_plain_model():
     assert hidden == {}  # hooks removed on exit
     with pytest.raises(ValueError, match="blocks 1..4"):
         taps(blocks, [5])
+
+
+def unfused_terms(hidden, pairs, detach_teacher=True):
+    """The term as it was written before the fused one: autograd through fp32 copies."""
+    out = []
+    for k, kt in pairs:
+        s = hidden[k].float()
+        with torch.set_grad_enabled(not detach_teacher):
+            t = nn.functional.normalize(hidden[kt].float(), dim=-1, eps=1e-8)
+        cos = torch.linalg.vecdot(s, t) / torch.linalg.vector_norm(s, dim=-1).clamp_min(1e-8)
+        out.append(-cos.mean())
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("detach_teacher", [True, False])
+def test_fused_term_equals_the_unfused_formula_with_gradients(dtype, detach_teacher):
+    """Values and gradients of both sides, a zero token included (its norm is clamped to eps)."""
+    g = torch.Generator().manual_seed(0)
+    base = {k: torch.randn(3, 6, 16, generator=g) for k in (2, 5)}
+    base[2][0, 1] = 0.0
+    base[5][1, 2] = 0.0
+
+    def run(fn):
+        hidden = {k: v.to(dtype).requires_grad_() for k, v in base.items()}
+        loss = torch.stack(fn(hidden)).sum()
+        loss.backward()
+        return loss, {k: v.grad for k, v in hidden.items()}
+
+    sync = LayerSync([(2, 5)], detach_teacher=detach_teacher)
+    fused, fused_grads = run(sync.terms)
+    plain, plain_grads = run(lambda h: unfused_terms(h, [(2, 5)], detach_teacher))
+    assert fused.dtype == torch.float32 and torch.equal(fused, plain)
+    for k in base:
+        if plain_grads[k] is None:
+            assert fused_grads[k] is None
+            continue
+        assert fused_grads[k].dtype == dtype
+        tol = 1e-6 if dtype == torch.float32 else 1e-2
+        assert torch.allclose(fused_grads[k].float(), plain_grads[k].float(), atol=tol, rtol=tol), k
+    assert (fused_grads[2] != 0).any()
+
+
+def test_fused_term_keeps_no_fp32_copy_of_a_bf16_state():
+    """What autograd saves for the backward: the bf16 states themselves and per-token scalars only."""
+    student = torch.randn(2, 8, 32, dtype=torch.bfloat16, requires_grad=True)
+    teacher = torch.randn(2, 8, 32, dtype=torch.bfloat16)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        LayerSync([(1, 2)])({1: student, 2: teacher})
+    big = [t for t in saved if t.numel() == student.numel()]
+    assert big and all(t.dtype == torch.bfloat16 for t in big)
+    assert sum(t.numel() * t.element_size() for t in saved) <= 2 * student.numel() * 2 + 3 * 16 * 4 + 64

@@ -7,7 +7,7 @@ import torch
 from layersync import FlowObjective, LayerSync
 from layersync.errors import ConfigError
 from layersync.train.ema import EMA
-from layersync.train.modes import CapturedStep, make_step, resolve_mode
+from layersync.train.modes import CAPTURED, CapturedStep, make_step, resolve_mode
 from layersync.train.optim import LRSchedule, build_optimizer, set_lr
 from layersync.train.step import TrainStep
 from layersync_image.sit import build_sit
@@ -70,11 +70,14 @@ def reference(model, data, clip, schedule=CONSTANT):
     return losses, {k: p.detach() for k, p in params.items()}, ema
 
 
-def ours(model, data, clip, mode="eager", device="cpu", schedule=CONSTANT):
-    opt = build_optimizer(model.parameters(), OPTIM, device, capturable=mode == "graph")
+def ours(model, data, clip, mode="eager", device="cpu", schedule=CONSTANT, grad_accum=1, fused=False):
+    opt = build_optimizer(model.parameters(), OPTIM, device, capturable=mode in CAPTURED)
+    if fused:  # fused AdamW, as on CUDA (it takes the clipping factor itself), here on the CPU
+        opt = torch.optim.AdamW(model.parameters(), lr=torch.tensor(LR), betas=BETAS, eps=EPS, weight_decay=WD,
+                                fused=True)
     ema = EMA(model, DECAY)
     step = TrainStep(model, FlowObjective(), LayerSync([(2, 4)], WEIGHT), opt, ema, grad_clip=clip,
-                     cfg_dropout=DROP, generator=torch.Generator(device).manual_seed(7))
+                     cfg_dropout=DROP, generator=torch.Generator(device).manual_seed(7), grad_accum=grad_accum)
     run = make_step(step, mode)
     losses = []
     for i, (x, y) in enumerate(data):
@@ -117,15 +120,76 @@ def test_compiled_step_matches_eager():
         assert torch.allclose(compiled_params[name], eager_params[name], atol=1e-5), name
 
 
+@pytest.mark.parametrize("clip", [0.0, 0.5])
+def test_fused_adamw_clipping_in_the_optimizer_equals_the_plain_reference(clip):
+    """The fused optimizer divides by 1 / clip factor itself (no scaling pass over the gradients)."""
+    data = batches(3)
+    ref_losses, ref_params, ref_ema = reference(make_model(), data, clip)
+    our_losses, our_params, our_ema = ours(make_model(), data, clip, fused=True)
+    assert our_losses == pytest.approx(ref_losses, rel=1e-5)
+    for name in ref_params:
+        assert torch.allclose(our_params[name], ref_params[name], atol=1e-6), name
+        assert torch.allclose(our_ema[name], ref_ema[name], atol=1e-6), name
+
+
+@pytest.mark.parametrize("mode", ["eager", "compile"])
+def test_gradient_accumulation_equals_the_whole_batch(mode):
+    """4 micro-batches of 2: the same losses and weights as one batch of 8, clipping included."""
+    data = batches(3)
+    whole_losses, whole_params, _ = ours(make_model(), data, 0.5, mode=mode)
+    split_losses, split_params, _ = ours(make_model(), data, 0.5, mode=mode, grad_accum=4)
+    assert split_losses == pytest.approx(whole_losses, rel=1e-5)
+    for name in whole_params:
+        assert torch.allclose(split_params[name], whole_params[name], atol=1e-5), name
+
+
+def test_gradient_accumulation_weights_a_masked_layersync_term_by_valid_tokens():
+    """With a mask the LayerSync mean runs over the batch's valid tokens: micro-batches with more of
+    them weigh more, so the accumulated gradient is the whole batch's."""
+    from layersync.nn.sit1d import build_sit1d
+
+    def step_grads(grad_accum):
+        torch.manual_seed(0)
+        model = build_sit1d((3, 8), 0, "T/2")
+        for p in model.parameters():
+            torch.nn.init.normal_(p, std=0.05)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        step = TrainStep(model, FlowObjective(), LayerSync([(2, 4)], WEIGHT), opt,
+                         generator=torch.Generator().manual_seed(7), grad_accum=grad_accum)
+        g = torch.Generator().manual_seed(1)
+        mask = torch.arange(8)[None] < torch.tensor([8, 2, 6, 4])[:, None]
+        out = step(torch.randn(4, 3, 8, generator=g), None, mask)
+        return out, [p.grad.clone() for p in model.parameters()]
+
+    (whole, whole_grads), (split, split_grads) = step_grads(1), step_grads(2)
+    for key in whole:
+        assert torch.allclose(split[key], whole[key], rtol=1e-5, atol=1e-7), key
+    for a, b in zip(whole_grads, split_grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
 def test_mode_resolution():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_mode("auto", cpu) == "eager" and resolve_mode("auto", cuda) == "graph"
-    assert resolve_mode("auto", cuda, world=8) == "compile"  # graph under DDP: only when asked
-    assert resolve_mode("graph", cuda, world=8) == "graph"
-    with pytest.raises(ConfigError, match="needs a CUDA device"):
-        resolve_mode("graph", cpu)
+    assert resolve_mode("auto", cpu)[0] == "eager" and resolve_mode("auto", cuda)[0] == "graph"
+    assert resolve_mode("auto", cuda, world=8)[0] == "compile"  # graph under DDP: only when asked
+    assert resolve_mode("auto", cuda, sharded=True)[0] == "compile"
+    assert resolve_mode("graph", cuda, world=8) == ("graph", "asked for")
+    assert "one CUDA device" in resolve_mode("auto", cuda)[1]
+    for captured in CAPTURED:
+        with pytest.raises(ConfigError, match="needs a CUDA device"):
+            resolve_mode(captured, cpu)
     with pytest.raises(ConfigError, match="step_mode"):
         resolve_mode("jit", cpu)
+
+
+def test_graph_mode_compiles_the_step_it_captures():
+    """graph = compile, then capture; graph-eager captures the eager step (built here without CUDA: the
+    capture itself happens at the first calls)."""
+    for mode, compiled in (("graph", True), ("graph-eager", False)):
+        step = TrainStep(make_model(), FlowObjective(), None, torch.optim.SGD(make_model().parameters(), lr=0.1))
+        wrapped = make_step(step, mode)
+        assert isinstance(wrapped, CapturedStep) and wrapped.step is step
+        assert ("forward_losses" in vars(step)) == compiled  # the compiled function set on the instance
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (benchmarks/gpu_check.sh runs this)")

@@ -30,6 +30,18 @@ def test_resume_matches_uninterrupted(tmp_path):
     assert a["step"] == b["step"] == 6
 
 
+def test_micro_batches_train_the_same_run_and_may_change_on_resume(tmp_path):
+    """train.grad_accum splits the batch, not the run: 3 steps in 4 micro-batches, then 3 more in 2,
+    log the losses of 6 whole-batch steps."""
+    train.main(tiny_args(tmp_path / "straight", 6))
+    train.main(tiny_args(tmp_path / "split", 3, "--set", "train.grad_accum=4"))
+    train.main(tiny_args(tmp_path / "split", 6, "--set", "train.grad_accum=2"))
+    straight, split = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "split")
+    assert [m["step"] for m in split] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(straight, split):
+        assert all(b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6) for k in KEYS), (a, b)
+
+
 def test_run_writes_outputs_and_sample_cli_reads_them(tmp_path):
     out = tmp_path / "run"
     train.main(tiny_args(out, 4, "--layersync", "2:4"))

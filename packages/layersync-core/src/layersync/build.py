@@ -110,12 +110,29 @@ def check_compatible(data, tok) -> None:
 
 def backbone(registry: Registry, config: dict, input_shape, num_classes: int):
     name, opts = options(config["model"])
+    checkpointed = opts.pop("checkpoint_blocks", None)  # core's key, not the factory's
     try:
-        return make(registry, "backbones", name, tuple(input_shape), num_classes, **opts)
+        model = make(registry, "backbones", name, tuple(input_shape), num_classes, **opts)
     except (ConfigError, DataError):
         raise
     except ValueError as exc:  # the factory refuses its options for this input (image size vs patch, ...)
         raise ConfigError(f"model: backbone '{name}' for inputs of shape {tuple(input_shape)}: {exc}") from None
+    if checkpointed is not None:
+        set_checkpoint_blocks(model, name, checkpointed)
+    return model
+
+
+def set_checkpoint_blocks(model, name: str, value) -> None:
+    """``model.checkpoint_blocks``: the first N blocks, or ``all``, recompute their activations in the
+    backward pass instead of keeping them; the backbone honours its ``checkpoint_blocks`` attribute."""
+    if not hasattr(model, "checkpoint_blocks"):
+        raise ConfigError(f"model.checkpoint_blocks={value}: backbone '{name}' has no activation checkpointing "
+                          "(the backbones built on layersync.nn.Trunk have it); remove the key")
+    blocks = model.depth if value == "all" else value
+    if isinstance(blocks, bool) or not isinstance(blocks, Integral) or not 1 <= blocks <= model.depth:
+        raise ConfigError(f"model.checkpoint_blocks={value}: expected a number of blocks from 1 to {model.depth} "
+                          f"(the depth of backbone '{name}') or all")
+    model.checkpoint_blocks = int(blocks)
 
 
 def objective(config: dict) -> FlowObjective:

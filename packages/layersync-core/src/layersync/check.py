@@ -7,8 +7,9 @@ forward (no host syncs), a short sampling run, ``save_samples`` and the evaluato
 tiny sample sets. A modality's ``check_fixture`` (a tiny random model, a few items) stands in
 for the user's data and weights its recipe needs. A plugin without a modality has its backbones
 built at a tiny size.
-Every check gives one ``CheckResult``: PASS, FAIL (the check raised or found a breach
-of the contract) or SKIP (published weights are missing, or a check it needs did not pass).
+Every check gives one ``CheckResult``: PASS, WARN (it passed but found a cost the plugin should
+not pay, e.g. a transposed token stream), FAIL (the check raised or found a breach of the
+contract) or SKIP (published weights are missing, or a check it needs did not pass).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ SINGULAR = {"modalities": "modality", "datasets": "dataset", "tokenizers": "toke
 
 @dataclass
 class CheckResult:
-    status: str  # PASS, FAIL or SKIP
+    status: str  # PASS, WARN, FAIL or SKIP
     item: str  # category/name, e.g. backbone/sit
     check: str
     detail: str = ""
@@ -64,12 +65,16 @@ class Skipped(Exception):
     """The check cannot run here (the message says why)."""
 
 
+class Warned(Exception):
+    """The check passed but found a cost the plugin should not pay (the message says which)."""
+
+
 NOT_RUN = object()  # the value of a check that did not pass
 
 
 def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
-    return text if isinstance(exc, (Failed, Skipped)) else f"{type(exc).__name__}: {text}"
+    return text if isinstance(exc, (Failed, Skipped, Warned)) else f"{type(exc).__name__}: {text}"
 
 
 class Report:
@@ -82,7 +87,8 @@ class Report:
         self.results.append(CheckResult(status, item, check, detail))
 
     def run(self, item: str, check: str, fn, needs=()):
-        """``fn() -> (value, detail)``; returns the value, or ``NOT_RUN`` when it did not pass."""
+        """``fn() -> (value, detail)``; returns the value, None after a warning, or ``NOT_RUN`` when it
+        did not pass."""
         if any(value is NOT_RUN for value in needs):
             self.add("SKIP", item, check, "not run: a check it needs did not pass")
             return NOT_RUN
@@ -94,6 +100,9 @@ class Report:
         except Skipped as exc:
             self.add("SKIP", item, check, one_line(exc))
             return NOT_RUN
+        except Warned as exc:
+            self.add("WARN", item, check, one_line(exc))
+            return None
         except Exception as exc:  # noqa: BLE001 - every failure is a row of the report
             self.add("FAIL", item, check, one_line(exc))
             return NOT_RUN
@@ -157,7 +166,15 @@ def check_forward(model, batch: Batch, capture: tuple[int, ...]):
         out, hidden = interfaces.check_forward(model, model(batch.z, t, batch.cond, capture=capture, **batch.masked),
                                                batch.z, capture)
     shapes = ", ".join(f"h_{k} {tuple(hidden[k].shape)}" for k in capture)
-    return out, f"out {tuple(out.shape)}, {shapes}"
+    return (out, hidden), f"out {tuple(out.shape)}, {shapes}"
+
+
+def check_layout(hidden: dict, capture: tuple[int, ...]):
+    """A WARN row, not a FAIL, for hidden states whose layout makes every block pay a copy."""
+    problem = interfaces.layout_problem(hidden, capture)
+    if problem:
+        raise Warned(problem)
+    return None, "captured hidden states contiguous"
 
 
 def check_step(model, batch: Batch, config: dict, sync: LayerSync | None, cfg_dropout: float):
@@ -248,7 +265,9 @@ def check_backbone(rep: Report, item: str, model, batch: Batch, config: dict, cf
         return NOT_RUN
     sync = rep.run(item, "layersync", lambda: (pick_layersync(config, depth), f"depth {depth}"))
     capture = (depth,) if sync in (None, NOT_RUN) else sync.capture
-    out = rep.run(item, "forward", lambda: check_forward(model, batch, capture))
+    forward = rep.run(item, "forward", lambda: check_forward(model, batch, capture))
+    out = NOT_RUN if forward is NOT_RUN else forward[0]
+    rep.run(item, "layout", lambda: check_layout(forward[1], capture), needs=(forward,))
     rep.run(item, "graph-safety[fake]", lambda: check_fake(model, batch, capture, cfg_dropout), needs=(out,))
     if torch.cuda.is_available():
         rep.run(item, "graph-safety[cuda]", lambda: check_cuda_syncs(model, batch, capture, cfg_dropout), needs=(out,))

@@ -34,6 +34,7 @@ DEFAULTS: dict = {
         "ema_decay": 0.9999,
         "precision": "auto",
         "step_mode": "auto",
+        "grad_accum": 1,  # micro-batches per step: the batch's gradients summed over this many passes
         "cfg_dropout": 0.1,
         "log_every": 100,
         "ckpt_every": 10_000,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
@@ -12,6 +14,10 @@ from layersync.errors import PluginError
 
 if TYPE_CHECKING:
     import numpy as np
+
+log = logging.getLogger("layersync")
+# the backbones whose hidden states' layout check_forward has looked at: it warns once, not every step
+_layout_checked: weakref.WeakSet = weakref.WeakSet()
 
 
 @runtime_checkable
@@ -38,9 +44,27 @@ class Backbone(Protocol):
     def drop_cond(self, cond, drop: torch.Tensor): ...
 
 
+def layout_problem(hidden: dict, capture: tuple[int, ...]) -> str | None:
+    """What is wrong with the memory layout of the captured hidden states, or None.
+
+    Each sample's (T, D) tokens should lie row-major, channels innermost (the batch stride may be
+    anything: a slice of a longer sequence is fine). A transposed token stream, as a patch
+    embedding's ``flatten(2).transpose(1, 2)`` leaves it, makes every block copy its input for
+    LayerNorm and the matmuls and read one side of each residual add strided, forward and backward.
+    """
+    for k in capture:
+        h = hidden[k]
+        tokens, dim = h.shape[-2:]
+        if (dim > 1 and h.stride(-1) != 1) or (tokens > 1 and h.stride(-2) != dim):
+            return (f"block {k}'s hidden state is not contiguous (shape {tuple(h.shape)}, strides {h.stride()}): "
+                    "every block pays a copy; make the token stream contiguous (.contiguous() after patchify)")
+    return None
+
+
 def check_forward(backbone, result, x: torch.Tensor, capture: tuple[int, ...]):
     """``(out, hidden)`` of a backbone's forward, or a PluginError naming the backbone and the broken
-    rule. Shapes and types only: nothing is read back from the device."""
+    rule. Shapes and types only: nothing is read back from the device. The first call with a capture
+    also logs a warning if the hidden states' layout makes every block pay a copy (``layout_problem``)."""
     origin = getattr(backbone, "layersync_origin", f"backbone {type(backbone).__name__}")
 
     def broken(rule: str):
@@ -60,6 +84,12 @@ def check_forward(backbone, result, x: torch.Tensor, capture: tuple[int, ...]):
         if not isinstance(h, torch.Tensor) or h.dim() != 3 or h.shape[0] != x.shape[0]:
             got = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
             raise broken(f"captured block {k} of shape {got}; it must be (B, T, D) with B = {x.shape[0]}")
+    # not while torch.compile traces the step: the logging would break its graph
+    if capture and not torch.compiler.is_compiling() and backbone not in _layout_checked:
+        _layout_checked.add(backbone)
+        problem = layout_problem(hidden, capture)
+        if problem:
+            log.warning("%s: %s", origin, problem)
     return out, hidden
 
 

@@ -6,7 +6,6 @@ import math
 from typing import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from layersync.paths import Path, expand_like, make_path
 
@@ -149,11 +148,8 @@ class LayerSync:
         """The unweighted term of each pair, in order; ``mask`` (B, tokens) keeps only valid tokens."""
         out = []
         for k, kt in self.pairs:
-            s = hidden[k].float()
-            # the teacher side, normalised once; outside autograd unless detach_teacher is off
-            with torch.set_grad_enabled(not self.detach_teacher and torch.is_grad_enabled()):
-                t = F.normalize(hidden[kt].float(), dim=-1, eps=1e-8)
-            cos = torch.linalg.vecdot(s, t) / torch.linalg.vector_norm(s, dim=-1).clamp_min(1e-8)
+            teacher = hidden[kt] if not self.detach_teacher else hidden[kt].detach()
+            cos = TokenCosine.apply(hidden[k], teacher)
             if mask is None:
                 out.append(-cos.mean())
             else:
@@ -167,6 +163,45 @@ class LayerSync:
     def __repr__(self) -> str:
         detach = "" if self.detach_teacher else ", detach_teacher=False"
         return f"LayerSync(pairs={self.pairs}, weight={self.weight}{detach})"
+
+
+NORM_EPS = 1e-8  # the smallest norm a hidden state is divided by (as torch.nn.functional.normalize's eps)
+
+
+class TokenCosine(torch.autograd.Function):
+    """Per-token cosine of a student and a teacher hidden state over the last dimension, in fp32.
+
+    The same numbers as ``vecdot(s, normalize(t)) / |s|``, with a hand-written backward that keeps
+    only the two hidden states as they are (bf16 stays bf16) and three per-token scalars, instead
+    of autograd's fp32 copies of whole (B, tokens, D) tensors; the fp32 work is redone in the
+    backward pass, which torch.compile fuses with the rest into one read of each state.
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher):
+        s, t = student.float(), teacher.float()
+        s_norm = torch.linalg.vector_norm(s, dim=-1)
+        t_norm = torch.linalg.vector_norm(t, dim=-1)
+        cos = torch.linalg.vecdot(s, t / t_norm.clamp_min(NORM_EPS).unsqueeze(-1)) / s_norm.clamp_min(NORM_EPS)
+        ctx.save_for_backward(student, teacher, s_norm, t_norm, cos)
+        return cos
+
+    @staticmethod
+    def backward(ctx, grad):
+        student, teacher, s_norm, t_norm, cos = ctx.saved_tensors
+        s, t = student.float(), teacher.float()
+        s_div, t_div = s_norm.clamp_min(NORM_EPS), t_norm.clamp_min(NORM_EPS)
+        # a norm below eps is a constant divisor: its own gradient drops out, as clamp_min's does
+        s_scale = torch.where(s_norm >= NORM_EPS, cos / s_div**2, 0.0)
+        t_scale = torch.where(t_norm >= NORM_EPS, cos / t_div**2, 0.0)
+        grad_student = grad_teacher = None
+        if ctx.needs_input_grad[0]:
+            grad_student = (grad / s_div).unsqueeze(-1) * (t / t_div.unsqueeze(-1)) - (grad * s_scale).unsqueeze(-1) * s
+            grad_student = grad_student.to(student.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_teacher = (grad / t_div).unsqueeze(-1) * (s / s_div.unsqueeze(-1)) - (grad * t_scale).unsqueeze(-1) * t
+            grad_teacher = grad_teacher.to(teacher.dtype)
+        return grad_student, grad_teacher
 
 
 class taps(dict):

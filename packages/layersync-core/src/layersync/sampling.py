@@ -181,12 +181,28 @@ class Sampler:
         k = cfg.cfg_channels
         return mixed if k is None else torch.cat([mixed[:, :k], c[:, k:]], dim=1)
 
+    def evaluations(self) -> int | None:
+        """Model evaluations per batch (one model call each: the doubled batch under CFG); None for
+        dopri5, whose steps adapt."""
+        cfg = self.config
+        per_step = 2 if cfg.solver == "heun" else 1
+        if cfg.method == "ode":
+            return None if cfg.solver == "dopri5" else per_step * cfg.steps
+        return per_step * (cfg.steps - 1) + (cfg.last_step != "none")
+
     @torch.no_grad()
-    def __call__(self, model, noise, cond, generator=None, mask=None):
+    def __call__(self, model, noise, cond, generator=None, mask=None, progress=None):
+        """Samples from ``noise``; ``progress()``, if given, is called after every model evaluation."""
         cfg, obj = self.config, self.objective
 
+        def predict(x, t):
+            out = self.predict(model, x, t, cond, mask)
+            if progress is not None:
+                progress()
+            return out
+
         def velocity(x, t):
-            return obj.velocity(self.predict(model, x, t, cond, mask), x, t)
+            return obj.velocity(predict(x, t), x, t)
 
         if cfg.method == "ode":
             t0, t1 = obj.interval(sampling=True)
@@ -198,7 +214,7 @@ class Sampler:
             t0 = max(t0, obj.sample_eps)
 
         def fields(x, t):
-            pred = self.predict(model, x, t, cond, mask)
+            pred = predict(x, t)
             return obj.velocity(pred, x, t), obj.score(pred, x, t)
 
         def diffusion(x, t):
@@ -214,14 +230,41 @@ class Sampler:
         )
 
 
+class CompiledModel:
+    """A backbone's forward for the fixed-step samplers, through torch.compile with static shapes:
+    one graph per input shape (under CFG, the doubled batch). Mode "reduce-overhead" also records
+    each graph as a CUDA graph on a GPU (on a CPU it is plain compile): torch copies the inputs into
+    the graph's static buffers and replays it. Torch's recording rather than one by hand (as
+    train/modes.py's CapturedStep): it warms up, records a new shape when one comes (a smaller last
+    batch, steps outside the guidance interval) and keeps one memory pool for all of them.
+    Called like the backbone (no block captures), it returns a fresh output: a replay's own lives
+    in that pool only until the next replay. Noise and the solver's arithmetic stay outside, eager.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.compiled = torch.compile(self.forward, dynamic=False, mode="reduce-overhead")
+
+    def forward(self, x, t, cond, mask=None):
+        return self.model(x, t, cond, **({} if mask is None else {"mask": mask}))[0]
+
+    def __call__(self, x, t, cond, mask=None):
+        return self.compiled(x, t, cond, mask).clone(), {}
+
+    def drop_cond(self, cond, drop):
+        return self.model.drop_cond(cond, drop)
+
+
 def derive_seed(*entropy: int) -> int:
     """A 64-bit seed from a few integers (independent streams per sample)."""
     return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
 
 
 @torch.no_grad()
-def seeded_samples(sampler: Sampler, model, shape, cond, seed: int, start: int = 0, mask=None) -> torch.Tensor:
-    """Samples ``start .. start + B - 1`` of the set ``seed``, in model space (B: the conditions' batch).
+def seeded_samples(sampler: Sampler, model, shape, cond, seed: int, start: int = 0, mask=None,
+                   progress=None) -> torch.Tensor:
+    """Samples ``start .. start + B - 1`` of the set ``seed``, in model space (B: the conditions' batch);
+    ``progress``: see ``Sampler.__call__``.
 
     Sample i starts from noise drawn from its own CPU generator seeded by (seed, i), and
     an SDE draws its noise along the way from another, (seed, i, 1): a sample does not
@@ -231,4 +274,4 @@ def seeded_samples(sampler: Sampler, model, shape, cond, seed: int, start: int =
     noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(derive_seed(seed, i)))
                          for i in indices]).to(trees.leaves(cond)[0].device)
     along = [torch.Generator().manual_seed(derive_seed(seed, i, 1)) for i in indices]
-    return sampler(model, noise, cond, generator=along, mask=mask)
+    return sampler(model, noise, cond, generator=along, mask=mask, progress=progress)

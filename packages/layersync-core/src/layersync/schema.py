@@ -147,7 +147,7 @@ def Choice(meaning, *choices, **kw):
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
-STEP_MODES = ("auto", "eager", "compile", "graph")
+STEP_MODES = ("auto", "eager", "compile", "graph", "graph-eager")
 LR_SCHEDULES = ("constant", "cosine")
 TRANSPORT_PATHS = ("linear", "gvp", "vp")
 PREDICTIONS = ("velocity", "noise", "score")
@@ -190,7 +190,10 @@ SCHEMA: dict[str, Rule] = {
     "train.warmup_steps": Int("linear learning-rate warm-up steps", 0),
     "train.ema_decay": Float("EMA decay per step", 0, 1),
     "train.precision": Choice("autocast dtype; auto: bf16 on CUDA, fp32 elsewhere", *PRECISIONS),
-    "train.step_mode": Choice("how the step runs; auto: a CUDA graph on one GPU, eager on CPU", *STEP_MODES),
+    "train.step_mode": Choice("how the step runs: eager, compile, graph (compiled and captured as a CUDA graph) or "
+                              "graph-eager (captured, not compiled); auto: graph on one GPU, compile on several, "
+                              "eager on CPU", *STEP_MODES),
+    "train.grad_accum": Int("micro-batches per step (the batch split to save memory; same losses and gradients)", 1),
     "train.cfg_dropout": Float("probability of dropping the condition (for CFG)", 0, 1),
     "train.log_every": Int("log metrics every N steps", 1),
     "train.ckpt_every": Int("write a checkpoint every N steps", 1),
@@ -233,8 +236,9 @@ def check_value(key: str, value) -> None:
 def _cross_checks(flat: dict) -> None:
     """Rules between keys."""
     if flat.get("train.parallel") == "fsdp":
-        if flat.get("train.step_mode") == "graph":
-            raise ConfigError("train.step_mode=graph: not with train.parallel=fsdp (use auto, eager or compile)")
+        if flat.get("train.step_mode") in ("graph", "graph-eager"):
+            raise ConfigError(f"train.step_mode={flat['train.step_mode']}: not with train.parallel=fsdp "
+                              "(use auto, eager or compile)")
         if flat.get("train.on_nonfinite") == "skip":
             raise ConfigError("train.on_nonfinite=skip: not with train.parallel=fsdp (use stop)")
     if flat.get("sample.method") == "sde":

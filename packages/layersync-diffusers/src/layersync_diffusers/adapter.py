@@ -64,6 +64,21 @@ class DiffusersBackbone(torch.nn.Module):
         self.null_shapes = {key: shape for key, shape in dims.items() if key in accepted}
         self.saved = tuple(n for n, p in self.named_parameters() if p.requires_grad)
 
+    @property
+    def checkpoint_blocks(self) -> int:
+        """Activation checkpointing (``model.checkpoint_blocks``) is diffusers' own: every block or none."""
+        return self.depth if self.transformer.gradient_checkpointing else 0
+
+    @checkpoint_blocks.setter
+    def checkpoint_blocks(self, blocks: int) -> None:
+        if blocks not in (0, self.depth):
+            raise ConfigError(f"model.checkpoint_blocks={blocks}: diffusers checkpoints all {self.depth} blocks of "
+                              f"{type(self.transformer).__name__} or none; set model.checkpoint_blocks=all")
+        if blocks:
+            self.transformer.enable_gradient_checkpointing()
+        else:
+            self.transformer.disable_gradient_checkpointing()
+
     def conditions(self, cond, batch: int, like: torch.Tensor) -> dict:
         given = {"encoder_hidden_states": cond.get("text"), "pooled_projections": cond.get("pooled")} \
             if isinstance(cond, dict) else {}

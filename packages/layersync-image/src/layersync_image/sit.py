@@ -64,7 +64,8 @@ class SiT(Trunk):
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)
 
     def forward(self, x, t, y=None, capture=()):
-        tokens = self.x_embedder(x) + self.pos_embed
+        # PatchEmbed hands out a transposed view: tokens-major once here, not a copy in every block
+        tokens = self.x_embedder(x).contiguous() + self.pos_embed
         c = self.t_embedder(t)
         if self.y_embedder is not None:
             c = c + self.y_embedder(y)

@@ -1,6 +1,6 @@
 """layersync check-plugin NAME: the conformance checks a plugin's CI runs (see ``layersync.check``).
 
-Prints one row per check, ``PASS|FAIL|SKIP  item  check  detail``; exit code 0 without a
+Prints one row per check, ``PASS|WARN|FAIL|SKIP  item  check  detail``; exit code 0 without a
 FAIL, 1 with one, 2 for an unknown plugin name.
 """
 
@@ -27,6 +27,6 @@ def run(args) -> int:
         print(f"layersync check-plugin: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     print(table(results))
-    counts = {status: sum(r.status == status for r in results) for status in ("PASS", "FAIL", "SKIP")}
-    print(f"{counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped")
+    counts = {status: sum(r.status == status for r in results) for status in ("PASS", "WARN", "FAIL", "SKIP")}
+    print(f"{counts['PASS']} passed, {counts['WARN']} warned, {counts['FAIL']} failed, {counts['SKIP']} skipped")
     return exit_code(results)

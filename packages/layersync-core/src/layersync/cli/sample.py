@@ -19,11 +19,18 @@ Sample i starts from noise that depends only on (seed, i), and an SDE draws its
 noise along the way per sample too, so samples do not depend on --batch or on
 the number of ranks. Only dopri5 adapts its steps per batch: for it --batch is
 part of the manifest.
+
+On a GPU the model runs compiled (torch.compile with static shapes, each batch
+shape recorded once as a CUDA graph and replayed; under CFG one doubled batch);
+--no-compile runs it eagerly, --compile compiles on a CPU too. The samples are
+the eager ones up to float rounding. dopri5 adapts its steps and always runs
+eagerly.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -43,7 +50,7 @@ from layersync.errors import ConfigError, DataError, NonFiniteError
 from layersync.files import atomic, write_json
 from layersync.interfaces import Modality, sample_info
 from layersync.plugins import registry
-from layersync.sampling import DIFFUSION_FORMS, LAST_STEPS, Sampler, seeded_samples
+from layersync.sampling import DIFFUSION_FORMS, LAST_STEPS, CompiledModel, Sampler, seeded_samples
 from layersync.train import checkpoint, distributed
 from layersync.train.trainer import fast_defaults
 
@@ -113,6 +120,9 @@ def parser() -> Parser:
     steps.add_argument("--steps", type=count, help="sets sample.steps")
     p.add_argument("--cfg-scale", type=float, help="sets sample.cfg_scale")
     p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                   help="run the model compiled, as CUDA graphs on a GPU (default: on a GPU, not on a CPU, where "
+                   "compiling takes longer than it saves for most runs); dopri5 always runs eagerly")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="assignments",
                    help="override a sample.* key, e.g. --set sample.guidance_interval=[0,0.7]")
     num.add_argument("--num-fid-samples", type=count, dest="num", metavar="N", help="the reference's --num")
@@ -174,7 +184,7 @@ class Model:
     step: int
     config: dict
     modality: Modality
-    backbone: torch.nn.Module
+    backbone: torch.nn.Module | CompiledModel  # compiled for the fixed-step solvers unless told not to
     tokenizer: object
     sampler: Sampler
     shape: tuple[int, ...]
@@ -200,10 +210,22 @@ class Model:
         return {**self.info, **({} if mask is None else {"lengths": mask.sum(-1).tolist()}), **facts}
 
     @torch.no_grad()
-    def draw(self, start: int, labels: np.ndarray, seed: int) -> torch.Tensor:
-        """Samples start .. start+len(labels)-1, decoded, as float on the CPU."""
+    def draw(self, start: int, labels: np.ndarray, seed: int, bar: tqdm) -> torch.Tensor:
+        """Samples start .. start+len(labels)-1, decoded, as float on the CPU. ``bar`` (counting
+        samples) moves through the batch as the model evaluations go, in whole samples; for dopri5,
+        whose evaluations are not known ahead, at the batch's end."""
         cond, mask = self.conditions(labels)
-        z = seeded_samples(self.sampler, self.backbone, self.shape, cond, seed, start, mask=mask)
+        n, evaluations = len(labels), self.sampler.evaluations()
+        done = itertools.count(1)
+
+        def progress():
+            k = next(done)
+            bar.update(n * k // evaluations - n * (k - 1) // evaluations)
+
+        z = seeded_samples(self.sampler, self.backbone, self.shape, cond, seed, start, mask=mask,
+                           progress=None if evaluations is None else progress)
+        if evaluations is None:
+            bar.update(n)
         x = self.tokenizer.decode(z).float().cpu()
         if not torch.isfinite(x).all():  # never write NaN samples and exit 0
             raise NonFiniteError(f"samples {start}..{start + len(labels) - 1} hold NaN or inf: the checkpoint's "
@@ -230,9 +252,24 @@ def load_model(args, device: torch.device) -> Model:
         cond, mask, *facts = modality.conditions(args.cond or [], config, int(state["num_classes"]))
         pool = (cond, mask, facts[0] if facts else {})
     fast_defaults(device)
-    return Model(path, int(state["step"]), config, modality, backbone.to(device).eval(), tokenizer,
-                 build.sampler(config, build.objective(config)), tuple(state["input_shape"]),
-                 int(state["num_classes"]), device, info, pool)
+    sampler = build.sampler(config, build.objective(config))
+    return Model(path, int(state["step"]), config, modality, compiled_for(sampler, backbone.to(device).eval(),
+                 args.compile, device), tokenizer, sampler, tuple(state["input_shape"]), int(state["num_classes"]),
+                 device, info, pool)
+
+
+def compiled_for(sampler: Sampler, backbone: torch.nn.Module, wanted: bool | None, device: torch.device):
+    """The backbone as ``sampler`` evaluates it: compiled if ``wanted`` (None: on CUDA) and the solver
+    takes fixed steps, else as it is."""
+    if wanted is False or (wanted is None and device.type != "cuda"):
+        log.info("sampler: eager%s", "" if wanted is False else " (--compile compiles the model on a CPU too)")
+        return backbone
+    if sampler.evaluations() is None:
+        log.info("sampler: eager, dopri5 adapts its steps (the fixed-step solvers run compiled)")
+        return backbone
+    log.info("sampler: compiled%s; the first batch of each shape waits for the compilation",
+             " as CUDA graphs" if device.type == "cuda" else "")
+    return CompiledModel(backbone)
 
 
 def classes(args, model: Model) -> np.ndarray:
@@ -266,7 +303,8 @@ def preview(model: Model, args, out: Path) -> None:
     n = model.config["sample"]["num"]
     pool = classes(args, model)
     labels = pool[np.arange(n) % len(pool)]
-    x = torch.cat([model.draw(s, labels[s:s + args.batch], args.seed) for s in range(0, n, args.batch)])
+    with tqdm(total=n, unit="sample", desc="sampling") as bar:
+        x = torch.cat([model.draw(s, labels[s:s + args.batch], args.seed, bar) for s in range(0, n, args.batch)])
     info = model.sample_info(labels)
     picture = model.modality.save_samples(x, out, info)
     with atomic(out.with_suffix(".npz")) as tmp, open(tmp, "wb") as f:
@@ -370,7 +408,7 @@ def sample_set(model: Model, args, out: Path, env: distributed.Dist) -> None:
     desc = "sampling" if env.world == 1 else f"sampling (rank 0 of {env.world})"
     with tqdm(total=sum(e - s for s, e in mine), unit="sample", desc=desc, disable=not env.main) as bar:
         for start, end in mine:
-            x = model.draw(start, labels[start:end], args.seed)
+            x = model.draw(start, labels[start:end], args.seed, bar)
             array = to_array(x)
             if model.modality.save_items:  # one file per sample (audio: WAV), before the part marks it done
                 model.modality.save_items(array, start, out, model.sample_info(labels[start:end]))
@@ -378,7 +416,6 @@ def sample_set(model: Model, args, out: Path, env: distributed.Dist) -> None:
                 "index": np.arange(start, end), "label": labels[start:end], "array": array,
                 "preview": x[: max(0, PREVIEW - start)].numpy(),
             })
-            bar.update(end - start)
     distributed.barrier(env)
     if env.main:
         assemble(parts_dir, final, labels, model)

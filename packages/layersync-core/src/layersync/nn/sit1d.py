@@ -81,7 +81,8 @@ class SiT1D(Trunk):
     def forward(self, x, t, cond=None, capture=(), mask=None):
         if x.shape[-1] != self.frames:
             raise ValueError(f"input of {x.shape[-1]} frames: this model takes {self.frames} frames")
-        tokens = self.x_embedder(x).transpose(1, 2) + self.pos_embed
+        # tokens-major once here: a transposed stream would cost a copy in every block
+        tokens = self.x_embedder(x).transpose(1, 2).contiguous() + self.pos_embed
         c = self.t_embedder(t)
         if self.y_embedder is not None:
             c = c + self.y_embedder(cond)

@@ -61,12 +61,13 @@ class SiT3D(Trunk):
         b, d = x.shape[0], x.shape[-1]
         t, hw = self.grid[0], self.grid[1] * self.grid[2]
         hidden = {}
-        for k, block in enumerate(self.blocks, start=1):
+        for k in range(1, self.depth + 1):
             if k % 2:  # spatial: the tokens of one frame
-                x = block(x.reshape(b * t, hw, d), c.repeat_interleave(t, 0)).reshape(b, t * hw, d)
+                x = self.run_block(k, x.reshape(b * t, hw, d), c.repeat_interleave(t, 0)).reshape(b, t * hw, d)
             else:  # temporal: one position across the frames
                 seq = x.reshape(b, t, hw, d).transpose(1, 2).reshape(b * hw, t, d)
-                x = block(seq, c.repeat_interleave(hw, 0)).reshape(b, hw, t, d).transpose(1, 2).reshape(b, t * hw, d)
+                x = self.run_block(k, seq, c.repeat_interleave(hw, 0))
+                x = x.reshape(b, hw, t, d).transpose(1, 2).reshape(b, t * hw, d)
             if k in capture:
                 hidden[k] = x
         return self.final_layer(x, c), hidden
@@ -81,7 +82,8 @@ class SiT3D(Trunk):
         if tuple(x.shape[2:]) != tuple(g * p for g, p in zip(self.grid, self.patch)):
             raise ValueError(f"input clips of shape {tuple(x.shape[1:])}: this model takes "
                              f"{self.channels}x{'x'.join(str(g * p) for g, p in zip(self.grid, self.patch))}")
-        tokens = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed
+        # tokens-major once here: a transposed stream would cost a copy in every block
+        tokens = self.x_embedder(x).flatten(2).transpose(1, 2).contiguous() + self.pos_embed
         c = self.t_embedder(t)
         if self.y_embedder is not None:
             c = c + self.y_embedder(y)

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 from timm.layers import Mlp
 from timm.models.vision_transformer import Attention
+from torch.utils.checkpoint import checkpoint
 
 # name -> (depth, hidden, heads): the DiT/SiT paper sizes, MDM's, and tiny CPU ones.
 SIZES = {
@@ -102,12 +103,14 @@ class Trunk(nn.Module):
 
     ``run_blocks(tokens, c, capture, mask)`` returns the final layer's output and
     ``{k: output of block k}`` for every 1-based ``k`` in ``capture``. ``mask`` (B, tokens),
-    true on valid tokens, keeps attention off the padding.
+    true on valid tokens, keeps attention off the padding. The first ``checkpoint_blocks``
+    blocks keep no activations: the backward pass runs them again (``model.checkpoint_blocks``).
     """
 
     def __init__(self, hidden: int, depth: int, heads: int, out_dim: int, mlp_ratio: float = 4.0, qk_norm=False):
         super().__init__()
         self.hidden, self.depth = hidden, depth
+        self.checkpoint_blocks = 0
         self.blocks = nn.ModuleList(AdaLNBlock(hidden, heads, mlp_ratio, qk_norm) for _ in range(depth))
         self.final_layer = FinalLayer(hidden, out_dim)
 
@@ -117,11 +120,20 @@ class Trunk(nn.Module):
                 raise ValueError(f"cannot capture block {k}: the model has blocks 1..{self.depth}")
         attn_mask = None if mask is None else mask[:, None, None, :]  # (B, heads, queries, keys): keys only
         hidden = {}
-        for k, block in enumerate(self.blocks, start=1):
-            x = block(x, c, attn_mask)
+        for k in range(1, self.depth + 1):
+            x = self.run_block(k, x, c, attn_mask)
             if k in capture:
                 hidden[k] = x
         return self.final_layer(x, c), hidden
+
+    def run_block(self, k: int, x, c, attn_mask=None):
+        """Block ``k`` (1-based); among the first ``checkpoint_blocks`` its activations are recomputed
+        in the backward pass instead of kept."""
+        block = self.blocks[k - 1]
+        if k > self.checkpoint_blocks or not torch.is_grad_enabled():
+            return block(x, c, attn_mask)
+        # the blocks draw no random numbers: no RNG state to save (and none read during a CUDA graph capture)
+        return checkpoint(block, x, c, attn_mask, use_reentrant=False, preserve_rng_state=False)
 
     def init_weights(self):
         """DiT's initialisation: xavier linears, zeroed modulation and output."""

@@ -1,4 +1,4 @@
-"""How the step function runs: eager, torch.compile, or one captured CUDA graph."""
+"""How the step function runs: eager, compiled, or captured as one CUDA graph (compiled or not)."""
 
 from __future__ import annotations
 
@@ -11,35 +11,45 @@ from layersync.errors import ConfigError
 from layersync.train.step import TrainStep
 
 log = logging.getLogger("layersync")
-STEP_MODES = ("auto", "eager", "compile", "graph")
+STEP_MODES = ("auto", "eager", "compile", "graph", "graph-eager")
+CAPTURED = ("graph", "graph-eager")  # modes that capture the step as a CUDA graph
+MODE_MEANINGS = {
+    "eager": "plain PyTorch",
+    "compile": "torch.compile of forward, loss and backward",
+    "graph": "compiled, then the whole step (optimizer and EMA included) captured as one CUDA graph",
+    "graph-eager": "the whole step captured as one CUDA graph, without compiling",
+}
 
 
-def resolve_mode(mode: str, device: torch.device, world: int = 1) -> str:
-    """``auto`` is graph on one CUDA device, compile on several, eager elsewhere; graph needs CUDA.
+def resolve_mode(mode: str, device: torch.device, world: int = 1, sharded: bool = False) -> tuple[str, str]:
+    """(the mode a run uses, why): ``auto`` is the fastest mode verified for the situation.
 
-    Graph capture under DDP follows PyTorch's recipe but has not been measured on several
-    GPUs yet, so ``auto`` does not pick it there.
+    One CUDA device: graph (compiled and captured). Several (DDP, FSDP): compile, as capture under
+    DDP is not measured on several GPUs yet (asking for graph gets it) and FSDP cannot be captured.
+    CPU and other devices: eager. The captured modes need CUDA.
     """
     if mode not in STEP_MODES:
         raise ConfigError(f"train.step_mode must be one of {', '.join(STEP_MODES)}, got {mode!r}")
-    if mode == "auto":
-        if device.type != "cuda":
-            return "eager"
-        if world > 1:
-            log.info("step mode auto: compile under DDP (graph capture with DDP is not yet measured on several "
-                     "GPUs; --step-mode graph asks for it)")
-            return "compile"
-        return "graph"
-    if mode == "graph" and device.type != "cuda":
-        raise ConfigError(f"train.step_mode=graph needs a CUDA device, this run uses {device.type}")
-    return mode
+    if mode != "auto":
+        if mode in CAPTURED and device.type != "cuda":
+            raise ConfigError(f"train.step_mode={mode} needs a CUDA device, this run uses {device.type}")
+        return mode, "asked for"
+    if device.type != "cuda":
+        return "eager", f"auto on {device.type}: compiling a step pays off on CUDA"
+    if sharded:
+        return "compile", "auto under FSDP: a sharded step cannot be captured"
+    if world > 1:
+        return "compile", (f"auto under DDP ({world} processes): capture with DDP is not yet measured on several "
+                           "GPUs; --step-mode graph asks for it")
+    return "graph", "auto on one CUDA device: the fastest measured mode"
 
 
 class CapturedStep:
     """Run a TrainStep as one CUDA graph.
 
-    The first ``warmup`` calls run eagerly on a side stream (they are real
-    training steps: the optimizer and autograd allocate their state there).
+    The first ``warmup`` calls run uncaptured on a side stream (they are real
+    training steps: the optimizer and autograd allocate their state there, and
+    a compiled step compiles its kernels).
     The next call copies its batch into static buffers, captures the whole
     step (RNG through the registered generator, so every replay draws fresh
     noise) and replays it; later calls only copy and replay. The returned
@@ -87,13 +97,14 @@ class CapturedStep:
 
 
 def make_step(step: TrainStep, mode: str, warmup: int = 3):
-    """Wrap a TrainStep for the resolved mode."""
-    if mode == "eager":
-        return step
-    if mode == "compile":
-        # static shapes: never a symbolic-batch graph (batches have a fixed shape)
+    """Wrap a TrainStep for the resolved mode. ``graph`` compiles first: the warm-up steps before
+    capture compile it, so the graph records the compiled kernels."""
+    if mode in ("compile", "graph"):
+        # static shapes: never a symbolic-batch graph (batches have a fixed shape); the noise is drawn
+        # outside, from the registered generator
         step.forward_losses = torch.compile(step.forward_losses, dynamic=False)
-        return step
-    if mode == "graph":
+    if mode in CAPTURED:
         return CapturedStep(step, warmup)
+    if mode in ("eager", "compile"):
+        return step
     raise ValueError(f"unknown step mode {mode!r}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch.distributed.tensor import DTensor
 
+from layersync import trees
 from layersync.interfaces import check_forward
 from layersync.objective import FlowObjective, LayerSync
 
@@ -46,6 +47,7 @@ class TrainStep:
         rank: int = 0,
         world: int = 1,
         skip_nonfinite: bool = False,
+        grad_accum: int = 1,
     ):
         self.model, self.objective, self.layersync = model, objective, layersync
         self.optimizer, self.ema, self.grad_clip = optimizer, ema, grad_clip
@@ -54,7 +56,14 @@ class TrainStep:
         self.backbone = getattr(model, "module", model)  # unwrap DDP
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.capture = layersync.capture if layersync is not None else ()
-        self.skip_nonfinite = skip_nonfinite
+        self.skip_nonfinite, self.grad_accum = skip_nonfinite, grad_accum
+        # gradients start each step as None (no zeroing pass; the first backward writes them) except
+        # under DDP, whose gradients are views of its buckets
+        self.grads_to_none = self.backbone is model
+        # a fused AdamW applies the clipping factor itself (as GradScaler's unscale): no pass over the
+        # gradients to scale them; FSDP's sharded parameters keep the separate clip
+        self.clip_in_optimizer = (getattr(optimizer, "_step_supports_amp_scaling", False)
+                                  and not any(isinstance(p, DTensor) for p in self.params))
         # allocated once, before any capture: the graph updates it in place at every replay
         self.health = torch.zeros(6, device=self.params[0].device if self.params else "cpu")
 
@@ -72,7 +81,7 @@ class TrainStep:
     def forward_losses(self, x1, x0, t, drop, cond, mask=None):
         """Forward pass: (total, flow, layersync) scalars with autograd graphs.
 
-        Pure tensor code with no RNG: the part ``--step-mode compile`` compiles. ``cond`` is a
+        Pure tensor code with no RNG: the part the compile and graph step modes compile. ``cond`` is a
         tensor or a dict of tensors; ``mask`` (B, positions), if the data set gives one, marks
         the valid positions: attention, the flow loss and LayerSync ignore the rest.
         """
@@ -91,25 +100,51 @@ class TrainStep:
         return flow + sync, flow, sync
 
     def __call__(self, x1, cond, mask=None) -> dict[str, torch.Tensor]:
-        total, flow, sync = self.forward_losses(x1, *self.draw(x1), cond, mask)
-        self.optimizer.zero_grad(set_to_none=False)
-        total.backward()
-        out = {"loss": total.detach(), "flow_loss": flow.detach(), "layersync_loss": sync.detach()}
+        self.optimizer.zero_grad(set_to_none=self.grads_to_none)
+        flow, sync = self.accumulate_gradients(x1, *self.draw(x1), cond, mask)
+        out = {"loss": flow + sync, "flow_loss": flow, "layersync_loss": sync}
+        grad_scale = None
         if self.grad_clip > 0:  # the norm comes free with clipping; without it, it is not logged
-            out["grad_norm"] = whole(torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)).detach()
+            grads = [p.grad for p in self.params if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+            out["grad_norm"] = whole(norm).detach()
             grads_bad = ~torch.isfinite(out["grad_norm"])  # NaN or inf in any gradient makes the norm so
+            if self.clip_in_optimizer:  # 1 / clip_grad_norm_'s factor: the fused kernel divides by it
+                grad_scale = ((out["grad_norm"] + 1e-6) / self.grad_clip).clamp_min(1.0)
+            else:
+                torch.nn.utils.clip_grads_with_norm_(self.params, self.grad_clip, norm, foreach=True)
         else:
             grads_bad = self.nonfinite_grads()
-        skip = self.record_health(out["flow_loss"], out["layersync_loss"], grads_bad)
-        if self.skip_nonfinite:
-            self.optimizer_step_unless(skip)
-            if self.ema is not None:
-                self.ema.update(skip=skip)
-        else:
-            self.optimizer.step()
-            if self.ema is not None:
-                self.ema.update()
+        skip = self.record_health(flow, sync, grads_bad)
+        self.optimizer_step(grad_scale, skip if self.skip_nonfinite else None)
+        if self.ema is not None:
+            self.ema.update(skip=skip if self.skip_nonfinite else None)
         return out
+
+    def accumulate_gradients(self, x1, x0, t, drop, cond, mask=None):
+        """Forward and backward over ``grad_accum`` equal micro-batches; (flow, layersync) of the whole batch.
+
+        Each micro-batch's losses are weighted by its share of the batch (of its valid tokens, for a
+        masked LayerSync term), so losses and gradients equal the unsplit batch's up to rounding.
+        """
+        n = self.grad_accum
+        if n == 1:
+            _, flow, sync = self.forward_losses(x1, x0, t, drop, cond, mask)
+            (flow + sync).backward()
+            return flow.detach(), sync.detach()
+        sync_shares = [1 / n] * n
+        if mask is not None and self.layersync is not None:
+            valid = self.backbone.token_mask(mask).flatten(1).sum(1).float()
+            sync_shares = [part.sum() / valid.sum().clamp_min(1) for part in valid.chunk(n)]
+        flow = sync = 0.0
+        for i, sync_share in enumerate(sync_shares):
+            rows = slice(i * len(x1) // n, (i + 1) * len(x1) // n)
+            micro = [trees.rows(part, rows) if part is not None else None for part in (x1, x0, t, drop, cond, mask)]
+            _, micro_flow, micro_sync = self.forward_losses(*micro)
+            micro_flow, micro_sync = micro_flow / n, micro_sync * sync_share
+            (micro_flow + micro_sync).backward()
+            flow, sync = flow + micro_flow.detach(), sync + micro_sync.detach()
+        return flow, sync
 
     # ---- non-finite values: device-side only, nothing here reads a value to the host ----------
     def nonfinite_grads(self) -> torch.Tensor:
@@ -137,21 +172,25 @@ class TrainStep:
         return skip
 
     @torch.no_grad()
-    def optimizer_step_unless(self, skip: torch.Tensor) -> None:
-        """``optimizer.step()`` that leaves weights and optimizer state untouched where ``skip`` is 1.
+    def optimizer_step(self, grad_scale: torch.Tensor | None, skip: torch.Tensor | None) -> None:
+        """``optimizer.step()``, the gradients divided by ``grad_scale`` (fused AdamW only), leaving weights
+        and optimizer state untouched where ``skip`` is 1.
 
-        A fused optimizer takes ``found_inf`` as torch.amp's GradScaler hands it over: its kernel
-        then does nothing and the step count is put back, all on the device. Any other
-        optimizer steps, then every tensor it touched is put back from a snapshot with
-        ``torch.where`` (state first created by this step goes back to zeros, AdamW's start).
+        A fused optimizer takes both as torch.amp's GradScaler hands them over (``grad_scale``,
+        ``found_inf``): with ``found_inf`` its kernel does nothing and the step count is put back,
+        all on the device. Any other optimizer steps, then every tensor it touched is put back from
+        a snapshot with ``torch.where`` (state first created by this step goes back to zeros, AdamW's start).
         """
         opt = self.optimizer
         if getattr(opt, "_step_supports_amp_scaling", False):
-            opt.found_inf = skip
+            opt.grad_scale, opt.found_inf = grad_scale, skip
             try:
                 opt.step()
             finally:
-                del opt.found_inf
+                del opt.grad_scale, opt.found_inf
+            return
+        if skip is None:
+            opt.step()
             return
         params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
         saved = [(p.detach().clone(), {k: v.clone() for k, v in opt.state.get(p, {}).items()

@@ -23,7 +23,7 @@ from layersync.sampling import derive_seed, seeded_samples
 from layersync.train import checkpoint, distributed, loggers
 from layersync.train.data import make_loader
 from layersync.train.ema import EMA
-from layersync.train.modes import make_step, resolve_mode
+from layersync.train.modes import CAPTURED, MODE_MEANINGS, make_step, resolve_mode
 from layersync.train.optim import LRSchedule, build_optimizer, load_optimizer_state, set_lr
 from layersync.train.step import FIRST, NONFINITE_TERMS, SEEN, SKIPPED, TrainStep
 
@@ -32,7 +32,7 @@ log = logging.getLogger("layersync")
 # Keys that may change when a run is resumed; anything else must match.
 RESUMABLE_KEYS = {
     "train.steps", "train.log_every", "train.ckpt_every", "train.sample_every", "train.num_workers", "train.device",
-    "train.step_mode", "train.on_nonfinite", "train.keep", "train.keep_every", "train.loggers",
+    "train.step_mode", "train.grad_accum", "train.on_nonfinite", "train.keep", "train.keep_every", "train.loggers",
 }
 # What a checkpoint must hold to be resumed from (``restore``); one without is set aside as corrupt.
 RESTORE_KEYS = ("step", "config", "model", "ema", "optimizer", "step_generator", "torch_rng")
@@ -84,9 +84,9 @@ class Trainer:
         self.env = distributed.setup(train["device"])
         self.autocast_dtype = resolve_precision(train["precision"], self.env.device)
         self.parallel = train["parallel"]
-        self.step_mode = resolve_mode(train["step_mode"], self.env.device, self.env.world)
-        if self.parallel == "fsdp" and self.step_mode == "graph":  # auto on one GPU; asked for: refused by the schema
-            self.step_mode = "compile"
+        # fsdp: asking for a captured mode is refused by the schema, auto picks compile
+        self.step_mode, self.step_mode_reason = resolve_mode(train["step_mode"], self.env.device, self.env.world,
+                                                             sharded=self.parallel == "fsdp")
         fast_defaults(self.env.device)
         self.modality = build.modality(self.registry, config)
         self.dataset = build.dataset(self.registry, config)
@@ -103,6 +103,9 @@ class Trainer:
             raise ConfigError(f"train.batch_size={batch}: expected at most the data set's {items} items")
         if batch % self.env.world:
             raise ConfigError(f"train.batch_size={batch}: expected a multiple of the {self.env.world} processes")
+        if (batch // self.env.world) % train["grad_accum"]:
+            raise ConfigError(f"train.grad_accum={train['grad_accum']}: expected a divisor of the batch of "
+                              f"{batch // self.env.world} each process trains on (train.batch_size={batch})")
 
         torch.manual_seed(config["seed"])  # same initial weights on every rank
         self.model = build.backbone(self.registry, config, self.input_shape, self.num_classes).to(self.env.device)
@@ -118,13 +121,13 @@ class Trainer:
             distributed.shard(self.ema.model)
             self.ema.track(self.model)
         self.optimizer = build_optimizer(self.model.parameters(), config["optim"], self.env.device,
-                                         capturable=self.step_mode == "graph")
+                                         capturable=self.step_mode in CAPTURED)
         self.schedule = LRSchedule(config["optim"]["lr"], train["lr_schedule"], train["warmup_steps"], train["steps"])
         self.generator = torch.Generator(self.env.device).manual_seed(config["seed"] + 1)
         self.step = 0
         self.net = self.model
         if self.env.world > 1 and not self.sharded:
-            self.net = distributed.wrap(self.model, self.env, capture=self.step_mode == "graph")
+            self.net = distributed.wrap(self.model, self.env, capture=self.step_mode in CAPTURED)
 
     # ---- state -------------------------------------------------------------------
     def state(self) -> dict:
@@ -361,11 +364,13 @@ class Trainer:
             rank=self.env.rank,
             world=self.env.world,
             skip_nonfinite=self.on_nonfinite == "skip",
+            grad_accum=cfg["grad_accum"],
         )
         # DDP needs more eager iterations before capture (its buckets settle on the first ones).
         step_fn = make_step(step, self.step_mode, warmup=11 if self.env.world > 1 else 3)
         if self.env.main:
-            log.info("step mode: %s, precision: %s", self.step_mode, self.autocast_dtype or "fp32")
+            log.info("step mode: %s (%s; %s), precision: %s", self.step_mode, MODE_MEANINGS[self.step_mode],
+                     self.step_mode_reason, self.autocast_dtype or "fp32")
         total = cfg["steps"]
         bar = tqdm(total=total, initial=self.step, disable=not self.env.main, unit="step", dynamic_ncols=True)
         writers = loggers.Loggers(cfg["loggers"], self.out, self.config, self.step) if self.env.main else None
