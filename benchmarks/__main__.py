@@ -8,8 +8,9 @@ import importlib
 import sys
 
 SUITES = {
-    "overhead": "LayerSync on/off step-time ratio (target <= 1.02)",
-    "step_speed": "eager vs compile vs CUDA graph: step time, memory, images/s, MFU; CPU plain baseline",
+    "overhead": "LayerSync on/off step-time ratio in the default step mode (target <= 1.01 GPU, <= 1.02 CPU)",
+    "step_speed": "eager, compile, graph, graph-eager and the plain SiT: step time, memory, images/s, MFU",
+    "sample_speed": "250-step SDE Euler with CFG, model eager vs compiled (+CUDA graphs): images/s (target >= 1.5x)",
     "audio_data": "audio clips/s decoded and resampled through a DataLoader, 0 and 2 workers",
     "video_attention": "memory and time of full vs factorised SiT-3D attention as the clip grows (T = 8, 16, 32)",
     "video_data": "video clips/s decoded (decord), resized and cropped through a DataLoader, 0 and 2 workers",

@@ -1,8 +1,9 @@
 """A plain single-file SiT and LayerSync training step (torch only, DiT style).
 
-The CPU speed baseline for our eager step: same model, same math, same
-parameter names (``PlainSiT().load_state_dict(our_sit.state_dict())``
-works strictly), with nothing but torch in between.
+The speed baseline for our step: same model, same math, same parameter
+names (``PlainSiT().load_state_dict(our_sit.state_dict())`` works
+strictly), with nothing but torch in between; on CUDA the forward runs under
+bf16 autocast as ours does (``autocast_dtype``) and the losses in fp32.
 """
 
 import copy
@@ -144,8 +145,8 @@ class PlainStep:
     """Flow matching (linear path, velocity target) + LayerSync, AdamW, EMA."""
 
     def __init__(self, model, lr, weight_decay, pairs, weight, cfg_dropout, ema_decay, generator,
-                 betas=(0.9, 0.999), eps=1e-8):
-        self.model, self.pairs, self.weight = model, pairs, weight
+                 betas=(0.9, 0.999), eps=1e-8, autocast_dtype=None):
+        self.model, self.pairs, self.weight, self.autocast_dtype = model, pairs, weight, autocast_dtype
         self.cfg_dropout, self.ema_decay, self.generator = cfg_dropout, ema_decay, generator
         self.capture = sorted({k for pair in pairs for k in pair})
         self.opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
@@ -159,10 +160,12 @@ class PlainStep:
         drop = torch.rand(x1.shape[0], generator=g, device=x1.device) < self.cfg_dropout
         y = torch.where(drop, self.model.num_classes, y)
         tt = t.view(-1, *[1] * (x1.dim() - 1))
-        out, hidden = self.model(tt * x1 + (1 - tt) * x0, t, y, capture=self.capture)
-        loss = F.mse_loss(out, x1 - x0)
+        with torch.autocast(x1.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            out, hidden = self.model(tt * x1 + (1 - tt) * x0, t, y, capture=self.capture)
+        loss = F.mse_loss(out.float(), x1 - x0)
         for k, kt in self.pairs:  # shallow block k follows the (stop-gradient) deeper block kt
-            loss = loss - self.weight * F.cosine_similarity(hidden[k], hidden[kt].detach(), dim=-1).mean()
+            cos = F.cosine_similarity(hidden[k].float(), hidden[kt].detach().float(), dim=-1)
+            loss = loss - self.weight * cos.mean()
         self.opt.zero_grad()
         loss.backward()
         self.opt.step()

@@ -25,7 +25,7 @@ def test_overhead_and_step_speed_write_reports(tmp_path, monkeypatch):
     row = report["rows"][0]
     assert row["ratio"] == row["on_ms"] / row["off_ms"] and row["mode"] == "eager"
     assert report["machine"]["torch"] and report["machine"]["device"] == "cpu"
-    assert [t["id"] for t in report["targets"]] == ["overhead"]
+    assert [t["id"] for t in report["targets"]] == ["overhead_SiT-T/4"]
     for path in tmp_path.iterdir():
         path.unlink()
 
@@ -34,13 +34,22 @@ def test_overhead_and_step_speed_write_reports(tmp_path, monkeypatch):
     row = report["rows"][0]  # the audio backbone: 16 channels x 8 frames, 4 tokens of 2 frames
     assert row["model"] == "SiT-1D-T/2" and row["tokens_per_s"] == pytest.approx(4 * 4 / (row["on_ms"] / 1e3))
 
-    step_speed.main(["--configs", "T/4:4:1x8x8", "--steps", "2", "--warmup", "1", "--repeats", "1"])
+    step_speed.main(["--configs", "T/4:4:1x8x8", "--modes", "eager", "graph", "graph-eager", "plain",
+                     "--large-batch", "8", "--grad-accum", "2", "--checkpoint-blocks", "all",
+                     "--steps", "2", "--warmup", "1", "--repeats", "1"])
     (report,) = reports(tmp_path, "step_speed")  # rewritten after every row: still one report
-    assert [(r["layersync"], r["batch"]) for r in report["rows"]] == [("on", 4), ("off", 4)]
-    assert all(r["mfu_measured_peak"] > 0 and r["images_per_s"] > 0 for r in report["rows"])
-    assert all(math.isnan(r["mfu"]) for r in report["rows"])  # a CPU has no datasheet peak
+    rows = report["rows"]
+    assert [(r["mode"], r["layersync"], r["batch"], r["grad_accum"], r["checkpoint_blocks"]) for r in rows] == [
+        ("eager", "on", 4, 1, 0), ("eager", "off", 4, 1, 0), ("plain", "on", 4, 1, 0), ("plain", "off", 4, 1, 0),
+        ("eager", "on", 8, 2, 6), ("eager", "off", 8, 2, 6)]  # the large-batch rows: all 6 blocks checkpointed
+    assert all(r["mfu_measured_peak"] > 0 and r["images_per_s"] > 0 for r in rows)
+    assert all(math.isnan(r["mfu"]) for r in rows)  # a CPU has no datasheet peak
+    assert all(r["finite_check_ms"] > 0 for r in rows if r["mode"] != "plain")
+    assert all(math.isnan(r["finite_check_ms"]) for r in rows if r["mode"] == "plain")
+    for mode in ("graph", "graph-eager"):  # skipped with the reason, not a crash
+        assert f"{mode}: not run: train.step_mode={mode} needs a CUDA device" in report["markdown"]
     assert "no datasheet peak" in report["markdown"] and "plain single file" in report["markdown"]
-    assert [t["id"] for t in report["targets"]] == ["plain_baseline"]
+    assert [t["id"] for t in report["targets"]] == ["large_batch", "large_batch", "plain_baseline"]
 
 
 def test_datasheet_peaks():
@@ -69,18 +78,41 @@ def test_summary_marks_targets_and_steps(tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
     (work / "results").mkdir(parents=True)
     (work / "steps.tsv").write_text("install\tPASS\t12\nimport\tPASS\t4\ngraph_check\tFAIL (exit 1)\t30\n"
-                                    "overhead\tPASS\t20\nspeed_b2\tTIMEOUT (120s)\t120\n")
+                                    "overhead_b2\tPASS\t20\nspeed_b2\tTIMEOUT (120s)\t120\n")
     report = {"suite": "overhead", "machine": {"device_name": "GPU X"}, "rows": [], "markdown": "| a |",
-              "targets": [{"id": "overhead", "what": "on/off", "value": 1.01, "verdict": "PASS"}]}
+              "targets": [{"id": "overhead_SiT-B/2", "what": "on/off", "value": 1.01, "verdict": "PASS"}]}
     (work / "results" / "overhead-cuda-1.json").write_text(json.dumps(report))
     summary.main([str(work), str(out)])
     verdicts = {line.split("|")[1].strip(): line.split("|")[2].strip()
                 for line in (out / "report.md").read_text().splitlines() if line.startswith("| ")}
-    assert verdicts["install and import"] == "PASS" and verdicts["LayerSync overhead"] == "PASS"
+    assert verdicts["install and import"] == "PASS" and verdicts["LayerSync overhead, SiT-B/2"] == "PASS"
     assert verdicts["graph replay equals eager"].startswith("FAIL")  # the step failed before its verdict
-    assert verdicts["graph speed-up"].startswith("FAIL (TIMEOUT")
+    assert verdicts["graph vs eager"].startswith("FAIL (TIMEOUT") and verdicts["graph vs compile"].startswith("FAIL")
     assert verdicts["SiT-XL/2 MFU"] == "NOT RUN" and verdicts["tests"] == "NOT RUN"
+    assert verdicts["LayerSync overhead, SiT-XL/2"] == "NOT RUN"
     assert json.loads((out / "results.json").read_text())[0]["suite"] == "overhead"
+
+
+def test_step_speed_targets_are_ratios_of_rows_of_one_configuration():
+    def row(model, mode, batch, images_per_s, mfu=float("nan"), grad_accum=1, checkpoint_blocks=0):
+        return {"model": model, "mode": mode, "layersync": "on", "batch": batch, "images_per_s": images_per_s,
+                "mfu": mfu, "grad_accum": grad_accum, "checkpoint_blocks": checkpoint_blocks}
+
+    b2 = [row("SiT-B/2", "eager", 64, 100.0), row("SiT-B/2", "compile", 64, 170.0), row("SiT-B/2", "graph", 64, 180.0)]
+    found = {t["id"]: t for t in step_speed.targets_of(b2, 64, "GPU X")}
+    assert found.keys() == {"graph_vs_eager", "graph_vs_compile"}  # no MFU target for SiT-B/2
+    assert found["graph_vs_eager"]["value"] == pytest.approx(1.8) and found["graph_vs_eager"]["verdict"] == "PASS"
+    assert found["graph_vs_compile"]["verdict"] == "PASS"  # 180 / 170 = 1.059
+
+    xl2 = [row("SiT-XL/2", "graph", 128, 300.0, mfu=0.42), row("SiT-XL/2", "plain", 64, 210.0),
+           row("SiT-XL/2", "graph", 256, 270.0, grad_accum=2)]
+    found = {t["id"]: t for t in step_speed.targets_of(xl2, 256, "GPU X")}
+    assert found.keys() == {"graph_vs_plain", "mfu", "large_batch"}
+    assert found["graph_vs_plain"]["verdict"] == "FAIL" and "batch 128 vs 64" in found["graph_vs_plain"]["what"]
+    assert found["mfu"]["verdict"] == "PASS" and "stretch 45% not met" in found["mfu"]["what"]
+    assert found["large_batch"]["value"] == pytest.approx(0.9) and found["large_batch"]["verdict"] == "PASS"
+    halved = xl2[:2] + [row("SiT-XL/2", "graph", 128, 300.0, grad_accum=2)]  # 256 did not fit even so
+    assert step_speed.targets_of(halved, 256, "GPU X")[-1]["verdict"] == "FAIL"
 
 
 def test_entry_point_lists_suites_and_refuses_unknown(capsys):

@@ -51,7 +51,10 @@ def test_plain_forward_matches_ours():
         assert torch.allclose(plain_hidden[k], hidden[k], atol=1e-5), k
 
 
-def test_plain_step_matches_train_step():
+# bf16 autocast (as both run on CUDA): the gradients differ by roundings, which AdamW turns into steps
+# of up to lr where a gradient is as small as eps; the losses still agree to fp32 precision
+@pytest.mark.parametrize("precision, param_atol", [(None, 1e-6), (torch.bfloat16, LR / 2)])
+def test_plain_step_matches_train_step(precision, param_atol):
     ours, plain = make_pair()
     g = torch.Generator().manual_seed(1)
     data = [(torch.randn(8, *SHAPE, generator=g), torch.randint(0, CLASSES, (8,), generator=g)) for _ in range(3)]
@@ -59,9 +62,9 @@ def test_plain_step_matches_train_step():
     opt = torch.optim.AdamW(ours.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
     ema = EMA(ours, DECAY)
     step = TrainStep(ours, FlowObjective(), LayerSync(PAIRS, WEIGHT), opt, ema,
-                     cfg_dropout=DROP, generator=torch.Generator().manual_seed(7))
+                     cfg_dropout=DROP, generator=torch.Generator().manual_seed(7), autocast_dtype=precision)
     plain_step = PlainStep(plain, LR, WD, PAIRS, WEIGHT, DROP, DECAY, torch.Generator().manual_seed(7),
-                           betas=BETAS, eps=EPS)
+                           betas=BETAS, eps=EPS, autocast_dtype=precision)
 
     our_losses = [step(x, y)["loss"].item() for x, y in data]
     plain_losses = [plain_step(x, y).item() for x, y in data]
@@ -69,6 +72,6 @@ def test_plain_step_matches_train_step():
     assert len(set(our_losses)) == 3
     plain_params, plain_ema = dict(plain.named_parameters()), dict(plain_step.ema.named_parameters())
     for name, p in ours.named_parameters():
-        assert torch.allclose(plain_params[name], p, atol=1e-6), name
+        assert torch.allclose(plain_params[name], p, atol=param_atol), name
     for name, p in ema.model.named_parameters():
-        assert torch.allclose(plain_ema[name], p, atol=1e-6), name
+        assert torch.allclose(plain_ema[name], p, atol=param_atol), name
