@@ -20,6 +20,10 @@ steps) goes once without interruption: the reference. Then, each through the rea
   checkpoints up to the one before the last, that one damaged, then resumed: the run should fall
   back to the newest readable checkpoint with a warning naming the bad one, move it aside and
   end with the reference's weights.
+- ``two writers`` (beside the reference run): the run in a fresh folder, paused (SIGSTOP) as soon as
+  its lock file names it, and a second run with another seed started on the same folder: the second
+  must be refused (exit 2, naming the folder and the first's pid); resumed, the first must end with
+  the reference's metrics, checkpoints and weights.
 
 Steps lost: over the faults, the steps trained since the newest readable checkpoint at the
 fault (from ``metrics.jsonl``, one line a step): the work done again. A FAIL row is a finding,
@@ -90,52 +94,61 @@ class Trainer:
         self.lock = threading.Lock()
         self.stopped = False
 
-    def argv(self, out: Path) -> list[str]:
+    def argv(self, out: Path, seed: int) -> list[str]:
         sets = [a for key, value in {**SETTINGS, "train.ckpt_every": self.ckpt_every}.items()
                 for a in ("--set", f"{key}={value}")]
         return [sys.executable, "-m", "layersync.cli.train", "--plugin", "image", "--out", str(out),
-                "--steps", str(self.steps), "--seed", str(self.seed), *sets]
+                "--steps", str(self.steps), "--seed", str(seed), *sets]
 
-    def run(self, out: Path, trigger=None) -> Attempt:
+    def launch(self, out: Path, seed: int | None = None) -> tuple[subprocess.Popen, Path]:
+        """Start the CLI on ``out`` (with ``seed``: another run than the reference's), its output to a log."""
         if self.stopped:
             raise RuntimeError("stopped")
         with self.lock:
             self.count += 1
             log = self.work / "logs" / f"{self.count:03d}-{out.name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        metrics = out / "metrics.jsonl"
-        before = read_bytes(metrics)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(log, "wb") as sink:
-            start = time.monotonic()
-            proc = subprocess.Popen(self.argv(out), stdout=sink, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, cwd=self.work, env=env)
-            self.live.add(proc)
-            killed, first, note = False, None, ""
-            try:
-                while proc.poll() is None:
-                    elapsed = time.monotonic() - start
-                    if first is None and metrics_changed(metrics, before):
-                        first = elapsed
-                    if trigger is not None and trigger(elapsed):
-                        os.kill(proc.pid, signal.SIGKILL)
-                        killed = True
-                        break
-                    if elapsed > self.timeout_s:
-                        os.kill(proc.pid, signal.SIGKILL)
-                        note = f"hung: killed after {self.timeout_s:.0f} s"
-                        break
-                    time.sleep(trigger.poll_s if trigger is not None else 0.02)
-                rc = proc.wait()
-            finally:
-                if proc.poll() is None:  # interrupted here: never leave the child running
+            proc = subprocess.Popen(self.argv(out, self.seed if seed is None else seed), stdout=sink,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.work, env=env)
+        self.live.add(proc)
+        return proc, log
+
+    def run(self, out: Path, trigger=None, seed: int | None = None) -> Attempt:
+        metrics = out / "metrics.jsonl"
+        before = read_bytes(metrics)
+        start = time.monotonic()
+        proc, log = self.launch(out, seed)
+        killed, first, note = False, None, ""
+        try:
+            while proc.poll() is None:
+                elapsed = time.monotonic() - start
+                if first is None and metrics_changed(metrics, before):
+                    first = elapsed
+                if trigger is not None and trigger(elapsed):
                     os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                self.live.discard(proc)
+                    killed = True
+                    break
+                if elapsed > self.timeout_s:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    note = f"hung: killed after {self.timeout_s:.0f} s"
+                    break
+                time.sleep(trigger.poll_s if trigger is not None else 0.02)
+            rc = proc.wait()
+        finally:
+            self.end(proc)
         wall = time.monotonic() - start
         with self.lock:
             self.process_s += wall
         return Attempt(rc, killed, wall, first, log, note)
+
+    def end(self, proc: subprocess.Popen) -> None:
+        """Never leave a child running (a stopped one included)."""
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        self.live.discard(proc)
 
     def stop(self) -> None:
         self.stopped = True
@@ -523,6 +536,59 @@ def corrupt_scenario(trainer: Trainer, work: Path, reference_run: Path, referenc
             "unreadable": len(state.unreadable), "verdict": "PASS" if passed else "FAIL", "observed": observed}
 
 
+@dataclass
+class TwoWriters:
+    run: Path
+    first_rc: int
+    first_pid: int
+    second: Attempt
+
+
+def holder(lock: Path) -> int | None:
+    """The pid a run folder's lock file names, if any."""
+    try:
+        return json.loads(read_bytes(lock))["pid"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def two_writers(trainer: Trainer, run: Path) -> TwoWriters:
+    """The run in ``run``, paused (SIGSTOP) as soon as it holds the folder (its lock file names it) while a
+    second run with another seed starts there, then resumed (SIGCONT) to its end."""
+    first, _ = trainer.launch(run)
+    deadline = time.monotonic() + trainer.timeout_s
+    try:
+        while first.poll() is None and holder(run / ".layersync.lock") != first.pid and time.monotonic() < deadline:
+            time.sleep(0.005)
+        first.send_signal(signal.SIGSTOP)  # busy writing for as long as the second takes
+        try:
+            second = trainer.run(run, seed=trainer.seed + 1)
+        finally:
+            first.send_signal(signal.SIGCONT)
+        return TwoWriters(run, first.wait(timeout=trainer.timeout_s), first.pid, second)
+    finally:
+        trainer.end(first)
+
+
+def two_writers_scenario(found: TwoWriters, reference_run: Path, reference, total: int) -> dict:
+    """The second run must have exited 2 naming the folder and the first's pid; the first must have ended
+    with the reference's metrics, checkpoints and weights."""
+    run, rc, said = found.run, found.first_rc, last_lines(found.second.log)
+    refused = found.second.rc == 2 and f"run folder {run} is in use: pid {found.first_pid} on " in said
+    records = [json.loads(line) for line in read_bytes(run / "metrics.jsonl").decode().splitlines()]
+    expected = [json.loads(line) for line in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    metrics_kept = [(r["step"], r["loss"]) for r in records] == [(r["step"], r["loss"]) for r in expected]
+    state = Inspector()(run)
+    kept = metrics_kept and state.checkpoints == Inspector()(reference_run).checkpoints and not state.unreadable
+    differ, why = mismatches(run, reference, total) if rc == 0 else (None, f"the first run exited {rc}")
+    observed = (f"second run exit {found.second.rc}: {said}; first run exit {rc}, "
+                f"metrics {'as' if metrics_kept else 'unlike'} the reference's ({len(records)} lines), "
+                f"checkpoints {sorted(state.checkpoints)}" + (f"; {why}" if why else ""))
+    return {"scenario": "two writers", "faults": 1, "recovered": int(rc == 0), "steps_lost": 0,
+            "mismatches": "n/a" if differ is None else differ, "unreadable": len(state.unreadable),
+            "verdict": "PASS" if refused and kept and differ == 0 else "FAIL", "observed": observed}
+
+
 # ---- main ----------------------------------------------------------------------------------------
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks faults", description=__doc__.splitlines()[0])
@@ -548,9 +614,17 @@ def main(argv=None) -> dict:
     started = time.monotonic()
     rows, kills = [], []
     try:
-        print(f"reference: {steps} steps, a checkpoint every {every}, seed {args.seed}", flush=True)
+        print(f"reference: {steps} steps, a checkpoint every {every}, seed {args.seed}; beside it, the two-writers "
+              "scenario", flush=True)
         ref_run = work / "reference"
-        ref = trainer.run(ref_run)
+        with ThreadPoolExecutor(max_workers=1) as pool:  # on the core the reference run leaves free
+            writers = pool.submit(two_writers, trainer, work / "two-writers")
+            try:
+                ref = trainer.run(ref_run)
+            except BaseException:  # Ctrl-C: end the other thread's processes too
+                trainer.stop()
+                raise
+            found_writers = writers.result()
         if ref.rc != 0:
             raise SystemExit(f"faults: the reference run failed (exit {ref.rc}): {last_lines(ref.log, 3)}")
         elapsed = [json.loads(line)["elapsed_s"] for line in (ref_run / "metrics.jsonl").read_text().splitlines()]
@@ -575,7 +649,7 @@ def main(argv=None) -> dict:
             except BaseException:  # Ctrl-C or a bug: end the other thread's process too
                 trainer.stop()
                 raise
-            rows = [row, *side.result()]
+            rows = [row, *side.result(), two_writers_scenario(found_writers, ref_run, reference, steps)]
     finally:
         trainer.stop()
         if own and not args.keep:

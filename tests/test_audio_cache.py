@@ -136,6 +136,17 @@ def test_latents_feed_a_sit1d(cached):
     assert pred.shape == z.shape and hidden[2].shape == (6, SAMPLES // HOP + 1, 128)
 
 
+def test_cache_is_refused_with_a_tokenizer_that_did_not_make_it(cached):
+    _, _, out = cached
+    data = LatentCacheDataset(str(out))
+    check_compatible(data, MelTokenizer(**MEL))
+    with pytest.raises(ConfigError, match=r"holds latents of tokenizer 'mel', but the run's tokenizer is "
+                                          r"IdentityTokenizer"):
+        check_compatible(data, IdentityTokenizer())
+    with pytest.raises(ConfigError, match=r"tokenizer changed \(tokenizer.n_mels: 16 in the cache, 8 in the run's"):
+        check_compatible(data, MelTokenizer(**{**MEL, "n_mels": 8}))
+
+
 def test_rerun_does_no_work(cached, monkeypatch):
     files, _, out = cached
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}

@@ -157,6 +157,14 @@ def test_jamendo_tags(tmp_path):
         AudioDataset(str(audio), layout="jamendo", metadata=str(tmp_path / "bad.tsv"), seconds=1)
 
 
+def test_jamendo_paths_outside_the_audio_folder_are_refused(tmp_path):
+    write(tmp_path / "audio" / "14" / "14.mp3", sine(300, 1.2, 44_100), 44_100)
+    write(tmp_path / "private.wav", sine(300, 1.2))
+    meta = jamendo(tmp_path, [("14/14.mp3", []), ("../private.wav", [])])
+    with pytest.raises(DataError, match=r"meta.tsv line 3: '../private.wav' leads outside .*audio"):
+        AudioDataset(str(tmp_path / "audio"), layout="jamendo", metadata=meta, seconds=1)
+
+
 def test_corrupt_and_empty_files_are_named(tmp_path):
     root = tree(tmp_path / "d", {"a/good.wav": 1, "a/good2.wav": 1})
     (root / "a" / "broken.flac").write_bytes(b"this is not a flac file")

@@ -94,6 +94,23 @@ def test_eval_prints_fad_of_two_wav_folders_and_reuses_saved_statistics(tmp_path
     assert again["reference_vggish"] == "precomputed"
 
 
+def test_eval_reads_the_npz_of_a_preview(run, tmp_path, stand_in_vggish):
+    """layersync-sample --out STEM writes STEM.npz (samples, cond, sample_rate): layersync-eval reads it as
+    it reads a sample set, to the same numbers."""
+    assert sample.main(["--ckpt", str(run), "--out", str(tmp_path / "preview"), "--device", "cpu"]) == 0
+    with np.load(tmp_path / "preview.npz") as npz:
+        assert sorted(npz.files) == ["cond", "sample_rate", "samples"]
+        np.savez(tmp_path / "as_set.npz", arr_0=npz["samples"], sample_rate=npz["sample_rate"])
+    ref = wav_folder(tmp_path / "ref", sorted(SPOKEN_DIGITS.rglob("*.flac"))[:4])
+    results = []
+    for name in ("preview.npz", "as_set.npz"):
+        assert eval_cli.main(["--plugin", "audio", "--evaluator", "fad-vggish", "--samples", str(tmp_path / name),
+                              "--ref", str(ref), "--device", "cpu", "--out", str(tmp_path / "fad.json")]) == 0
+        results.append(json.loads((tmp_path / "fad.json").read_text()))
+    assert results[0]["num_samples"] == 4 and math.isfinite(results[0]["fad_vggish"])
+    assert results[0]["fad_vggish"] == results[1]["fad_vggish"]
+
+
 def test_eval_bad_inputs_name_the_file(tmp_path, capsys, stand_in_vggish):
     good = wav_folder(tmp_path / "good", sorted(SPOKEN_DIGITS.rglob("*.flac"))[:3])
     (tmp_path / "empty").mkdir()

@@ -114,6 +114,9 @@ def bad(tmp_path_factory):
                                                                           [caption("x")])})
     b.motion_nan = humanml_tree(root / "motion_nan", {**ok, "bad": (np.full((60, 263), np.nan, np.float32),
                                                                       [caption("x")])})
+    b.motion_escape = humanml_tree(root / "motion_escape", ok)  # a split id that leads to another tree's motion
+    for split in ("train", "test"):
+        (b.motion_escape / f"{split}.txt").write_text("ok1\n../../motion_width/new_joint_vecs/ok1\n")
     b.motion_empty = root / "motion_empty"
     (b.motion_empty / "new_joint_vecs").mkdir(parents=True)
     (b.motion_empty / "texts").mkdir()
@@ -138,7 +141,7 @@ def bad(tmp_path_factory):
     b.nchw_npz = root / "nchw.npz"
     np.savez(b.nchw_npz, arr_0=np.zeros((4, 3, 8, 8), np.uint8))
     b.noarr_npz = root / "noarr.npz"
-    np.savez(b.noarr_npz, samples=np.zeros((4, 8, 8, 3), np.uint8))
+    np.savez(b.noarr_npz, images=np.zeros((4, 8, 8, 3), np.uint8))
     b.big_npz = root / "big.npz"
     np.savez(b.big_npz, arr_0=np.zeros((4, 16, 16, 3), np.uint8))
     b.badstats_npz = root / "badstats.npz"
@@ -163,6 +166,12 @@ def bad(tmp_path_factory):
     b.yaml_pairs.write_text("layersync: {pairs: [[3, 99]]}\n")
     b.yaml_value = root / "value.yaml"
     b.yaml_value.write_text("optim: {lr: -1.0}\n")
+    b.yaml_string = root / "string.yaml"
+    b.yaml_string.write_text('train: {warmup_steps: "3"}\n')
+    b.yaml_bomb = root / "bomb.yaml"  # 9 levels of 9 aliases (data takes any key): 9**9 strings once expanded
+    levels = [f"  l0: &l0 [{', '.join(['lol'] * 9)}]"]
+    levels += [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    b.yaml_bomb.write_text("data:\n" + "\n".join(levels) + "\nmodel: *l8\n")
 
     # weights: the wrong file for the Inception network
     b.wrong_weights = root / "wrong.pth"
@@ -182,6 +191,9 @@ def bad(tmp_path_factory):
     shard = load_file(b.cache / "shard_00000.safetensors")
     shard["mean"] = shard["mean"][..., :2].contiguous()  # latents (4, 4, 2) where the meta says (4, 4, 4)
     save_file(shard, b.bad_cache / "shard_00000.safetensors")
+    b.cache_meta_list = root / "cache_meta_list"
+    b.cache_meta_list.mkdir()
+    (b.cache_meta_list / "meta.json").write_text("[]")
     b.cache_no_meta = root / "cache_no_meta"
     b.cache_no_meta.mkdir()
     (b.cache_no_meta / "shard_00000.safetensors").write_bytes((b.cache / "shard_00000.safetensors").read_bytes())
@@ -191,6 +203,11 @@ def bad(tmp_path_factory):
     assert train_cli.main(tiny_args(b.run, 3)) == 0
     b.ckpt = b.run / "checkpoints" / "step_0000003.pt"
     assert b.ckpt.is_file()
+    # a model that takes vector conditions, of a modality that makes none (the image modality has no conditions)
+    state = torch.load(b.ckpt, weights_only=False)
+    state["config"]["model"]["cond_dims"] = {"text": 4}
+    b.ckpt_vectors = root / "vectors.pt"
+    torch.save(state, b.ckpt_vectors)
     return b
 
 
@@ -304,6 +321,29 @@ def no_weights(monkeypatch, b, out):
     monkeypatch.setenv("LAYERSYNC_WEIGHTS_DIR", str(b.empty))
 
 
+def weights_dir_a_file(monkeypatch, b, out):
+    monkeypatch.setenv("LAYERSYNC_WEIGHTS_DIR", str(b.a_file))
+
+
+def manifest(text):
+    """A sample-set folder {out}/set whose manifest.json holds ``text``."""
+    def setup(monkeypatch, b, out):
+        (out / "set").mkdir(parents=True)
+        (out / "set" / "manifest.json").write_text(text)
+    return setup
+
+
+def held(folder):
+    """``folder`` held by another writer (this process) for the row: monkeypatch keeps the lock and its undo
+    drops it, which releases it."""
+    def setup(monkeypatch, b, out):
+        lock = files.folder_lock(folder.format(out=out), "run folder")
+        lock.__enter__()
+        monkeypatch.setattr(b, "held", lock, raising=False)
+    return setup
+
+
+HOLDER = f"is in use: pid {os.getpid()} on "
 P = pytest.param
 train, sample, evaluate, cache, umbrella = train_cli.main, sample_cli.main, eval_cli.main, cache_cli.main, main_cli.main
 
@@ -418,12 +458,23 @@ CLI_CASES = [
       id="eval-audio-npz-shape"),
     P(train, T(plugin="motion", data="{b.motion_width}"), ["bad.npy", "263"], None, id="train-motion-npy-width"),
     P(train, T(plugin="motion", data="{b.motion_nan}"), ["bad.npy"], None, id="train-motion-npy-nan"),
+    P(train, T(plugin="motion", data="{b.motion_escape}"),
+      ["{b.motion_escape}/train.txt", "'../../motion_width/new_joint_vecs/ok1' leads outside"], None,
+      id="train-motion-split-id-leaves-folder"),
+    P(evaluate, E("{b.motion_escape}", "{b.motion_escape}", plugin="motion"),
+      ["{b.motion_escape}/test.txt", "'../../motion_width/new_joint_vecs/ok1.npy' leads outside"], None,
+      id="eval-motion-split-id-leaves-folder"),
     P(train, T("--set", "data.name=latent-cache", "--set", "data.path={b.bad_cache}"),
       ["{b.bad_cache}/shard_00000.safetensors", "expected"], None, id="train-latent-cache-wrong-shape"),
     P(train, T("--set", "data.name=latent-cache", "--set", "data.path={b.cache_no_meta}"),
       ["{b.cache_no_meta}", "meta.json"], None, id="train-latent-cache-no-meta"),
     P(train, T("--set", "data.name=latent-cache", "--set", "data.path={b.images}"),
       ["{b.images}", "not a latent cache"], None, id="train-latent-cache-not-a-cache"),
+    P(train, T("--set", "data.name=latent-cache", "--set", "data.path={b.cache_meta_list}"),
+      ["{b.cache_meta_list}/meta.json holds a JSON list"], None, id="train-latent-cache-meta-a-list"),
+    P(train, T("--set", "data.name=latent-cache", "--set", "data.path={b.cache}"),
+      ["latent cache {b.cache} holds latents of tokenizer 'sd-vae'", "IdentityTokenizer"], None,
+      id="train-latent-cache-other-tokenizer"),
     P(cache, IMAGE_CACHE("{b.images}", "--set", "data.name=latent-cache"), ["latent-cache"], None,
       id="cache-of-a-cache"),
 
@@ -438,6 +489,13 @@ CLI_CASES = [
     P(train, T("--set", "train.precision=fp8"), ["train.precision", "fp8"], None, id="train-value-precision"),
     P(train, T("--set", "train.batch_size=0"), ["train.batch_size", "0"], None, id="train-value-batch"),
     P(train, T("--config", "{b.yaml_value}"), ["optim.lr", "-1.0"], None, id="train-value-from-file"),
+    P(train, T("--config", "{b.yaml_string}"), ["train.warmup_steps='3' (a string): expected an integer >= 0"],
+      None, id="train-value-string-for-integer"),
+    P(train, T("--config", "{b.yaml_bomb}"), ["bomb.yaml", "line 3", "aliases are not allowed"], None,
+      id="train-config-yaml-alias-bomb"),
+    P(train, T("--seed", "99999999999999999999999"), ["seed=99999999999999999999999", str(2**63 - 1)], None,
+      id="train-seed-too-large"),
+    P(sample, S("--seed", "99999999999999999999999"), ["--seed", str(2**63 - 1)], None, id="sample-seed-too-large"),
     P(train, T("--set", "sample.method=jump"), ["sample.method", "jump"], None, id="train-value-sample-method"),
     P(train, T("--set", "model.size=Q/4"), ["Q/4"], None, id="train-value-model-size"),
     P(train, T("--set", "data.image_size=7"), ["7"], None, id="train-value-image-size"),
@@ -452,6 +510,8 @@ CLI_CASES = [
     P(sample, S("--set", "sample.stepz=3"), ["sample.stepz"], None, id="sample-key-unknown"),
     P(sample, S("--set", "sample.solver=rk9"), ["sample.solver", "rk9"], None, id="sample-value-solver"),
     P(sample, S("--cond", "99"), ["--cond 99", "0..9"], None, id="sample-cond-out-of-range"),
+    P(sample, S(ckpt="{b.ckpt_vectors}"), ["{b.ckpt_vectors}", "model.cond_dims: text", "modality 'image' defines no "
+      "conditions"], None, id="sample-vector-model-without-conditions"),
     P(sample, S("--model", "SiT-XL/2"), ["SiT-XL/2", "T/4"], None, id="sample-model-mismatch"),
     P(evaluate, E("{b.ok_npz}", "{b.ok_npz}", "--batch", "0"), ["--batch", "0"], None, id="eval-batch-zero"),
     P(cache, IMAGE_CACHE("{b.images}", "--shard-size", "0"), ["--shard-size", "0"], None, id="cache-shard-size-zero"),
@@ -481,6 +541,14 @@ CLI_CASES = [
     P(sample, S(target="{out}/set/", *["-n", "4"]), ["cannot write {out}/set", "read-only file system"],
       fail_writes(errno.EROFS), id="sample-set-read-only"),
     P(sample, S(target="{b.a_file}/preview"), ["{b.a_file}", "not a directory"], None, id="sample-out-under-a-file"),
+    P(sample, S(target="{out}/set/", *["-n", "4"]), ["{out}/set/manifest.json holds a JSON list"], manifest("[1, 2]"),
+      id="sample-set-manifest-a-list"),
+    P(sample, S(target="{out}/set/", *["-n", "4"]), ["{out}/set/manifest.json holds a JSON str"], manifest('"x"'),
+      id="sample-set-manifest-a-string"),
+    P(umbrella, A("weights"), ["LAYERSYNC_WEIGHTS_DIR={b.a_file} names a file"], weights_dir_a_file,
+      id="main-weights-dir-a-file"),
+    P(evaluate, E("{b.ok_npz}"), ["LAYERSYNC_WEIGHTS_DIR={b.a_file} names a file"], weights_dir_a_file,
+      id="eval-weights-dir-a-file"),
     P(evaluate, E("{b.ok12_npz}", "{b.ok12_npz}"), ["cannot write {out}/metrics.json", "no space left on device"],
       with_inception(fail_writes(errno.ENOSPC)), id="eval-write-disk-full"),
     P(evaluate, E("{b.ok12_npz}", "{b.ok12_npz}", "--save-ref-stats", "{out}/stats.npz"),
@@ -490,6 +558,12 @@ CLI_CASES = [
       id="cache-write-disk-full"),
     P(cache, IMAGE_CACHE("{b.images}"), ["cannot write {out}", "read-only file system"], fail_mkdir(errno.EROFS),
       id="cache-write-read-only"),
+
+    # -- a folder that another command writes to ------------------------------------------------------
+    P(train, T(), ["run folder {out} " + HOLDER], held("{out}"), id="train-run-folder-in-use"),
+    P(sample, S(target="{out}/set/", *["-n", "4"]), ["sample set {out}/set " + HOLDER], held("{out}/set"),
+      id="sample-set-in-use"),
+    P(cache, IMAGE_CACHE("{b.images}"), ["latent cache {out} " + HOLDER], held("{out}"), id="cache-in-use"),
 ]
 
 

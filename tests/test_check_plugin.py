@@ -21,6 +21,7 @@ PLUGIN = textwrap.dedent("""
     from layersync.metrics.weights import WeightFile, resolve_weights
     from layersync.nn import build_sit1d
 
+    LAYERSYNC_PLUGIN_API = 1
     MODE = "{mode}"
     HERE = Path(__file__).parent
 
@@ -156,6 +157,8 @@ def test_image_plugin_conforms(capsys):
     for check in ("forward", "train-step", "graph-safety[fake]"):
         assert table["backbone/sit", check] == "PASS"
     assert table["modality/image", "save_samples"] == "PASS"
+    assert table["dataset/imagefolder", "preview"] == table["modality/image", "cache_views"] == "PASS"
+    assert table["tokenizer/sd-vae", "build"] in ("PASS", "SKIP")  # the cache recipe's; SKIP without the weights
     assert table["evaluator/image", "evaluate"] in ("PASS", "SKIP")  # SKIP without the Inception weights
     assert table["dataset/parquet", "-"] == "SKIP"  # no recipe of the plugin uses it
     assert ", 0 failed, " in lines[-1]
@@ -173,7 +176,7 @@ def test_audio_plugin_conforms():
 def test_backbone_without_a_recipe_runs_at_a_tiny_size():
     """Core has no modality: its backbones are built at size T/2 on a small input (sit1d here)."""
     report = Report()
-    check_tiny_backbone(report, registry(), "sit1d", torch.device("cpu"))
+    check_tiny_backbone(report, registry(), "core", "sit1d", torch.device("cpu"))
     found = rows(report.results)
     assert found["backbone/sit1d", "build"] == ("PASS", "size T/2, input (4, 16), 10 classes (no recipe)")
     for check in ("forward", "train-step", "graph-safety[fake]"):
@@ -239,3 +242,58 @@ def test_a_modality_fixture_sets_the_recipe_over(install):
 
     [(folder, contents)] = thirdfix_plugin.SEEN
     assert contents == [] and not folder.exists()  # empty when given, removed after the checks
+
+
+def test_a_plugin_without_its_api_version_fails(install):
+    body = PLUGIN.format(name="thirdapi", mode="ok").replace("LAYERSYNC_PLUGIN_API = 1\n", "")
+    found = rows(check_plugin("thirdapi", install("thirdapi", body=body)))
+    assert found["plugin/thirdapi", "load"][0] == "PASS"
+    status, detail = found["plugin/thirdapi", "api"]
+    assert status == "FAIL" and detail.startswith("thirdapi_plugin declares no LAYERSYNC_PLUGIN_API: set "
+                                                  "LAYERSYNC_PLUGIN_API = 1")
+    assert found["backbone/thirdapi-net", "train-step"][0] == "PASS"  # the other checks go on
+
+
+def test_an_unmarked_hook_function_is_a_warning(install):
+    body = PLUGIN.format(name="thirdmark", mode="ok").replace("@hookimpl\ndef layersync_evaluators",
+                                                           "def layersync_evaluators")
+    results = check_plugin("thirdmark", install("thirdmark", body=body))
+    assert ("WARN", "plugin/thirdmark", "load",
+            "function layersync_evaluators is not marked with @layersync.hookimpl, so it is ignored (decorate it to "
+            "contribute what it returns)") in [(r.status, r.item, r.check, r.detail) for r in results]
+
+
+POOLED = """
+import torch
+
+from layersync import hookimpl
+from layersync.nn import build_sit1d
+
+LAYERSYNC_PLUGIN_API = 1
+
+
+class PooledSiT(torch.nn.Module):
+    def __init__(self, input_shape, num_classes, size="T/2"):
+        super().__init__()
+        self.net = build_sit1d(input_shape, num_classes, size=size)
+        self.depth = self.net.depth
+
+    def drop_cond(self, cond, drop):
+        return self.net.drop_cond(cond, drop)
+
+    def forward(self, x, t, cond, capture=()):
+        out, hidden = self.net(x, t, cond, capture=capture)
+        return out, {k: h.mean(1) for k, h in hidden.items()}  # pooled: (B, D) where (B, T, D) is due
+
+
+@hookimpl
+def layersync_backbones():
+    return {"pooled": PooledSiT}
+"""
+
+
+def test_a_backbone_without_a_recipe_is_named_by_plugin_and_item(install):
+    found = rows(check_plugin("thirdpool", install("thirdpool", body=POOLED)))
+    status, detail = found["backbone/pooled", "forward"]
+    assert status == "FAIL" and "plugin 'thirdpool', backbone 'thirdpool:pooled': forward" in detail
+    assert "PooledSiT" not in detail

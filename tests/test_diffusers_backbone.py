@@ -362,3 +362,6 @@ def test_check_plugin_runs_the_recipe_on_its_fixture():
     for check in ("forward", "train-step", "graph-safety[fake]"):
         assert found["backbone/diffusers", check][0] == "PASS"
     assert found["modality/diffusers", "save_samples"][0] == "PASS"
+    # layersync-sample draws from the items' text conditions, not from labels the adapter would read as none
+    assert found["modality/diffusers", "conditions"] == (
+        "PASS", "4 conditions {pooled: (4, 8) float32, text: (4, 3, 16) float32}; 2 samples: samples.safetensors")

@@ -1,5 +1,6 @@
 """The fault-injection suite's quick run: SIGKILLs (one during a checkpoint write) and resumes end
-with the uninterrupted run's weights, and every checkpoint left after a kill can be read."""
+with the uninterrupted run's weights, every checkpoint left after a kill can be read, and a second
+run on a run's folder is refused while the first ends as the reference."""
 
 import json
 
@@ -14,6 +15,7 @@ def test_quick_fault_suite(tmp_path, monkeypatch):
     rows = {row["scenario"]: row for row in report["rows"]}
     for name, row in rows.items():  # the disk-full and corrupt rows depend on work in progress: shown, not checked
         print(f"{name}: {row['verdict']} ({row['observed']})")
+    assert rows["two writers"]["verdict"] == "PASS", rows["two writers"]
     kill = rows["kill"]
     assert kill["faults"] == 3 and kill["recovered"] == 3, kill
     assert kill["mismatches"] == 0 and kill["unreadable"] == 0, kill

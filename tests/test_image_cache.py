@@ -11,9 +11,10 @@ from PIL import Image
 from safetensors.torch import load_file
 from torchvision.transforms.functional import normalize, to_tensor
 
-from helpers import tiny_vae
+from helpers import error_line, tiny_vae
 from layersync.cache import LatentCacheDataset, latent_cache, shard_name
 from layersync.cli import cache as cache_cli
+from layersync.cli import train as train_cli
 from layersync.errors import ConfigError, DataError
 from layersync_image.data import center_crop
 from layersync_image.vae import SD_SCALE, SDVAETokenizer, sd_vae
@@ -157,6 +158,29 @@ def test_changed_vae_is_refused(tmp_path, vae_dir):
     other.save_pretrained(tmp_path / "other_vae")
     with pytest.raises(DataError, match=r"the tokenizer changed \(tokenizer.state_sha256"):
         build(data, out, tmp_path / "other_vae")
+
+
+def test_training_reads_the_cache_with_the_vae_that_made_it_only(tmp_path, vae_dir, capsys):
+    data, out = make_tree(tmp_path / "data"), tmp_path / "cache"
+    build(data, out, vae_dir)
+
+    def train(run, *tokenizer):
+        return ["--plugin", "image", "--out", str(tmp_path / run), "--steps", "1", "--set", "data.name=latent-cache",
+                "--set", f"data.path={out}", *tokenizer, "--set", "model.size=T/4", "--set", "train.batch_size=2",
+                "--set", "train.device=cpu", "--set", "train.sample_every=1000", "--set", "sample.num=2"]
+
+    assert train_cli.main(train("run", "--set", "tokenizer.name=sd-vae", "--set", f"tokenizer.path={vae_dir}")) == 0
+    capsys.readouterr()
+    line = error_line(train_cli.main, train("identity"), capsys)  # the image recipe's tokenizer: identity
+    assert line.startswith(f"layersync-train: error: latent cache {out} holds latents of tokenizer 'sd-vae', but "
+                           "the run's tokenizer is IdentityTokenizer")
+    other = AutoencoderKL.from_pretrained(vae_dir)
+    with torch.no_grad():
+        other.encoder.conv_in.bias.add_(0.1)
+    other.save_pretrained(tmp_path / "other_vae")
+    line = error_line(train_cli.main, train("other", "--set", "tokenizer.name=sd-vae", "--set",
+                                            f"tokenizer.path={tmp_path / 'other_vae'}"), capsys)
+    assert "the tokenizer changed (tokenizer.state_sha256" in line and "in the run's tokenizer" in line
 
 
 def test_dataset_yields_scaled_samples_of_the_stored_moments(tmp_path, vae_dir):

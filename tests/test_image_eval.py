@@ -17,11 +17,14 @@ import torch_fidelity.metric_isc as isc
 import torch_fidelity.metric_prc as prc
 from PIL import Image
 
+from helpers import tiny_args
 from layersync.cli import eval as eval_cli
+from layersync.cli import sample, train
 from layersync.errors import DataError
 from layersync.metrics import MissingWeightsError, WeightFile, frechet_distance
 from layersync_image import evaluate as ev
 from layersync_image.inception import INCEPTION_FID, FIDInception, load_inception
+from layersync_image.output import to_uint8_nhwc
 
 
 def random_inception_file(path, seed=0):
@@ -219,6 +222,29 @@ def test_cli_prints_and_writes_json(tmp_path, capsys, monkeypatch):
     assert [p.name for p in out.parent.iterdir()] == ["result.json"]
 
 
+def test_cli_reads_the_npz_of_a_preview(tmp_path, monkeypatch):
+    """layersync-sample --out STEM writes STEM.npz (samples: float (N, C, H, W) in [-1, 1]): layersync-eval
+    reads it as the sample set of the same images (arr_0: uint8 NHWC), to the same numbers."""
+    monkeypatch.setattr(ev, "load_inception", lambda weights: Projection())
+    run, preview = tmp_path / "run", tmp_path / "preview"
+    assert train.main(tiny_args(run, 2)) == 0
+    assert sample.main(["--ckpt", str(run), "--out", str(preview), "-n", "12", "--set", "sample.steps=2"]) == 0
+    with np.load(preview.with_suffix(".npz")) as npz:
+        images = to_uint8_nhwc(torch.from_numpy(npz["samples"]))
+    assert images.shape == (12, 8, 8, 1)
+    np.savez(tmp_path / "as_set.npz", arr_0=images)
+    np.savez(tmp_path / "ref.npz", arr_0=np.random.default_rng(0).integers(0, 256, (12, 8, 8, 1), dtype=np.uint8))
+    results = []
+    for samples in (preview.with_suffix(".npz"), tmp_path / "as_set.npz"):
+        out = tmp_path / f"{samples.stem}.json"
+        assert eval_cli.main(["--plugin", "image", "--samples", str(samples), "--ref", str(tmp_path / "ref.npz"),
+                              "--device", "cpu", "--out", str(out)]) == 0
+        results.append(json.loads(out.read_text()))
+    assert results[0]["num_samples"] == 12
+    assert {k: v for k, v in results[0].items() if k != "samples"} == {k: v for k, v in results[1].items()
+                                                                       if k != "samples"}
+
+
 def brute_force_precision_recall(real, fake, k):
     def radii(x):
         d = np.linalg.norm(x[:, None] - x[None], axis=-1)
@@ -279,7 +305,7 @@ def run_cli(capsys, *args):
 
 
 @pytest.mark.parametrize("content, expected", [
-    ({"samples": np.zeros((2, 8, 8, 3), np.uint8)}, "no arr_0 (it holds samples)"),
+    ({"images": np.zeros((2, 8, 8, 3), np.uint8)}, "no arr_0 (it holds images)"),
     ({"arr_0": np.zeros((2, 8, 8, 3), np.float32)}, "arr_0 is float32 of shape (2, 8, 8, 3); expected uint8"),
     ({"arr_0": np.zeros((8, 8, 3), np.uint8)}, "arr_0 is uint8 of shape (8, 8, 3); expected uint8 (N, H, W, 3)"),
     ({"arr_0": np.zeros((2, 3, 8, 8), np.uint8)}, "expected uint8 (N, H, W, 3)"),
@@ -292,6 +318,13 @@ def test_bad_npz_layouts(tmp_path, capsys, content, expected):
     np.savez(tmp_path / "ok.npz", arr_0=np.zeros((2, 8, 8, 3), np.uint8))
     err = run_cli(capsys, "--samples", str(tmp_path / "bad.npz"), "--ref", str(tmp_path / "ok.npz"))
     assert expected in err and str(tmp_path / "bad.npz") in err
+
+
+def test_a_preview_npz_of_other_arrays_is_refused(tmp_path, capsys):
+    np.savez(tmp_path / "bad.npz", samples=np.zeros((2, 8, 8, 3), np.uint8))
+    np.savez(tmp_path / "ok.npz", arr_0=np.zeros((2, 8, 8, 3), np.uint8))
+    err = run_cli(capsys, "--samples", str(tmp_path / "bad.npz"), "--ref", str(tmp_path / "ok.npz"))
+    assert "samples is uint8 of shape (2, 8, 8, 3); expected a preview's float images (N, C, H, W)" in err
 
 
 def test_other_bad_inputs(tmp_path, capsys):

@@ -109,3 +109,11 @@ def test_core_and_audio_wheels_install_and_train_in_a_fresh_environment(tmp_path
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert metrics and metrics[-1]["step"] == 2, metrics
     assert list((out / "samples").glob("*.wav")), sorted(p.name for p in out.rglob("*"))
+
+
+def test_the_environment_stays_in_sync_with_the_lock():
+    """A synced environment matches uv.lock, so `uv run` installs nothing (decord 0.6.0's wheel, whose
+    WHEEL file names cp36, made uv reinstall it on every command)."""
+    env = {**os.environ, "UV_PROJECT_ENVIRONMENT": sys.prefix}  # the environment running these tests
+    out = run([uv(), "sync", "--dry-run", "--locked", "--offline", "--inexact"], env=env, cwd=ROOT, timeout=60)
+    assert "Would make no changes" in out.stderr, out.stderr

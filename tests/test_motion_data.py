@@ -113,6 +113,16 @@ def test_bad_input_is_named_and_skipped(tmp_path, case, caplog):
     assert "skipping 1 bad" in caplog.text and str(named) in caplog.text
 
 
+def test_split_ids_that_leave_their_folder_are_refused(tmp_path):
+    root = humanml_tree(tmp_path / "kit", {"k1": (50, [caption("x")])}, width=251)
+    (tmp_path / "other").mkdir()
+    np.save(tmp_path / "other" / "x.npy", features(50, 251))  # readable, but outside the data root
+    (tmp_path / "other" / "x.txt").write_text(caption("y") + "\n")
+    (root / "train.txt").write_text("k1\n../../other/x\n")
+    with pytest.raises(DataError, match=rf"the split file {root / 'train.txt'}: '../../other/x' leads outside"):
+        MotionDataset(root, layout="kit", condition="none", on_error="skip")
+
+
 def test_bounds_follow_min_and_max_frames(tmp_path):
     root = humanml_tree(tmp_path, {"a": (30, [caption("x")]), "b": (63, [caption("y")]), "c": (64, [caption("z")])})
     data = MotionDataset(root, condition="none", min_frames=24, max_frames=60, on_error="skip")

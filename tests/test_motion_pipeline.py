@@ -14,6 +14,7 @@ from layersync.cli import eval as eval_cli
 from layersync.cli import sample, train
 from layersync.nn import SiT1D
 from layersync_motion.data import MotionDataset
+from layersync_motion.samples import read_samples, save_items
 from layersync_motion.t2m import T2MNetworks, WordVectors
 from test_motion_data import tiny_clip
 from test_motion_eval import reference_checkpoint, word_files
@@ -105,3 +106,21 @@ def test_text_conditions_train_sample_with_guidance_and_evaluate(tmp_path, capsy
     assert result["num_samples"] == 40 and math.isfinite(result["fid"]) and result["fid"] > 0
     assert 0 <= result["r_precision_top1"] <= result["r_precision_top3"] <= 1
     assert f"fid: {result['fid']:.6g}" in capsys.readouterr().out
+
+    # a preview's .npz (normalised samples, mean/std, lengths, captions) reads as the same samples written
+    # as a sample set's items, and evaluates
+    preview = tmp_path / "preview.npz"
+    assert sample.main(["--ckpt", str(run), "--out", str(preview.with_suffix("")), "-n", "40", "--batch", "20",
+                        "--device", "cpu", "--cfg-scale", "2.5"]) == 0
+    with np.load(preview) as npz:
+        info = {"mean": npz["mean"], "std": npz["std"], "lengths": npz["lengths"].tolist(),
+                "captions": npz["captions"].tolist()}
+        save_items(npz["samples"], 0, tmp_path / "items", info)
+    [read], [written] = (list(read_samples(path).batches(40)) for path in (preview, tmp_path / "items"))
+    assert read.lengths == written.lengths and read.captions == written.captions
+    for a, b, length in zip(read.features, written.features, read.lengths):
+        np.testing.assert_allclose(a[:length], b[:length], rtol=1e-6, atol=1e-6)
+    assert eval_cli.main(["--plugin", "motion", "--samples", str(preview), "--ref", str(ref), "--device", "cpu",
+                          "--out", str(tmp_path / "preview.json")]) == 0
+    result = json.loads((tmp_path / "preview.json").read_text())
+    assert result["num_samples"] == 40 and math.isfinite(result["fid"]) and 0 <= result["r_precision_top1"] <= 1

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from layersync import PLUGIN_API, build
+from layersync.cli import main as main_cli
 from layersync.cli import train
 from layersync.errors import ConfigError, PluginError
 from layersync.objective import FlowObjective, LayerSync
@@ -237,11 +238,25 @@ def test_plugin_for_another_api_is_refused(site, api, error):
     assert "thirdparty-noise" not in reg.names("datasets")
 
 
-def test_plugin_without_api_declaration_loads_with_a_warning(site):
+def test_plugin_without_api_declaration_loads_with_a_warning(site, caplog):
     install(site, "casual", GOOD.replace("LAYERSYNC_PLUGIN_API = 1\n", ""))
-    info = by_name(Registry())["casual"]
+    with caplog.at_level(logging.WARNING, "layersync.plugins"):
+        info = by_name(Registry())["casual"]
     assert info.error is None and info.api is None
     assert info.warnings == [f"declares no LAYERSYNC_PLUGIN_API; assuming it was built for API {PLUGIN_API}"]
+    assert f"plugin 'casual': {info.warnings[0]}" in caplog.text  # what a training run's log shows
+
+
+def test_a_hook_function_without_its_marker_is_a_warning(site, caplog, capsys):
+    install(site, "unmarked", GOOD + "def layersync_modalities():\n    return {}\nlayersync_weights = None\n")
+    with caplog.at_level(logging.WARNING, "layersync.plugins"):
+        info = by_name(Registry())["unmarked"]
+    expected = ("function layersync_modalities is not marked with @layersync.hookimpl, so it is ignored (decorate "
+                "it to contribute what it returns)")
+    assert info.error is None and info.warnings == [expected]
+    assert f"plugin 'unmarked': {expected}" in caplog.text
+    assert main_cli.main(["plugins"]) == 0
+    assert f"  warning: {expected}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("hook, error", [

@@ -54,8 +54,10 @@ def test_choices_match_the_code_that_reads_them():
     ("optim.betas=[-0.1, 0.99]", "optim.betas=[-0.1, 0.99]: expected a list of two numbers each in [0, 1)"),
     ("optim.betas=0.9", "optim.betas=0.9: expected a list of two numbers each in [0, 1)"),
     ("optim.weight_decay=-1", "optim.weight_decay=-1: expected a number >= 0"),
-    ("seed=abc", "seed=abc: expected an integer >= 0"),
-    ("seed=-1", "seed=-1: expected an integer >= 0"),
+    ("seed=abc", "seed=abc: expected an integer in [0, 9223372036854775807]"),
+    ("seed=-1", "seed=-1: expected an integer in [0, 9223372036854775807]"),
+    ("seed=9223372036854775808", "seed=9223372036854775808: expected an integer in [0, 9223372036854775807]"),
+    ("train.steps='3'", "train.steps='3' (a string): expected an integer >= 1"),
     ("transport.path=straight", "transport.path=straight: expected one of linear, gvp, vp"),
     ("transport.train_eps=1", "transport.train_eps=1: expected a number in [0, 1) or null"),
     ("layersync.pairs=[[4, 2]]", "layersync.pairs=[[4, 2]]: expected a list of [student, teacher] block pairs"),
@@ -133,12 +135,23 @@ def test_cuda_device_without_cuda(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+def test_the_largest_seed_trains(tmp_path):
+    assert train.main(tiny_args(tmp_path / "out", 1, "--seed", str(schema.SEED_MAX))) == 0
+
+
+def test_messages_show_values_short_and_strings_that_read_as_other_types_quoted():
+    assert schema.show("3") == "'3' (a string)" and schema.show("true") == "'true' (a string)"
+    assert schema.show("abc") == "abc" and schema.show(["0.9", 1]) == "['0.9', 1]"
+    long = schema.show(list(range(10**5)))
+    assert long.startswith("[0, 1, 2, 3") and long.endswith("...") and len(long) == schema.SHOWN
+
+
 def test_cache_and_sample_validate_too(tmp_path, capsys):
     from layersync.cli import cache, sample
 
     line = error_line(cache.main, ["--plugin", "image", "--data", str(tmp_path), "--out", str(tmp_path / "c"),
                                    "--set", "seed=abc"], capsys)
-    assert "seed=abc: expected an integer >= 0" in line
+    assert "seed=abc: expected an integer in [0, 9223372036854775807]" in line
     args = sample.parser().parse_args(["--ckpt", "x", "--out", "y", "--set", "sample.last_step=jump"])
     with pytest.raises(ConfigError, match="sample.last_step=jump: expected one of mean, euler, tweedie, none"):
         sample.sample_config(copy.deepcopy(config.DEFAULTS), args)

@@ -157,6 +157,18 @@ def test_bad_frames_and_shapes_are_refused():
         model(torch.randn(1, 4, 8), torch.rand(1), None, capture=(7,))
 
 
+def test_a_condition_that_does_not_fit_cond_dims_is_named():
+    model = build_sit1d((4, 8), 0, "T/2", cond_dims={"shape": 3, "scale": 2})
+    x, t = torch.randn(2, 4, 8), torch.rand(2)
+    with pytest.raises(TypeError, match=r"takes a dict condition \{shape: \(B, 3\), scale: \(B, 2\)\}, got a tensor "
+                                        r"of shape \(2,\) \(class labels need a model without cond_dims\)"):
+        model(x, t, torch.zeros(2, dtype=torch.long))
+    with pytest.raises(TypeError, match=r"takes a dict condition \{shape: \(B, 3\), scale: \(B, 2\)\}, got a tensor"):
+        model.drop_cond(torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.bool))  # CFG's null condition
+    with pytest.raises(ValueError, match=r"lacks scale \(it has shape; cond_dims expects \{shape: \(B, 3\), scale"):
+        model(x, t, {"shape": torch.zeros(2, 3)})
+
+
 @pytest.mark.parametrize("frames", [9, 10, 6])
 def test_input_of_other_frames_is_refused_by_name(frames):
     """A model built for 8 frames must not take 9 (the conv drops the last frame and the output

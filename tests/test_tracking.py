@@ -125,6 +125,19 @@ def test_report_compares_two_runs(tb_run, tmp_path, capsys):
     assert "| fid | 12.5 |" in text
 
 
+def test_report_goes_into_the_run_folder_and_gives_the_checkpoint_step(tmp_path, monkeypatch):
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    assert train.main(tiny_args(run, 4)) == 0  # checkpoints at steps 3 and 4
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main.main(["report", str(run)]) == 0
+    assert not list(elsewhere.iterdir())
+    assert f"| run | `{run}` | 4 |" in (run / "report" / "report.md").read_text()
+    (run / "checkpoints" / "step_0000004.pt").unlink()  # logged beyond the newest checkpoint
+    assert main.main(["report", str(run)]) == 0
+    assert f"| run | `{run}` | 3 (logged: 4) |" in (run / "report" / "report.md").read_text()
+
+
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     missing = tmp_path / "nowhere"
     assert str(missing) in error_line(main.main, ["report", str(missing)], capsys)

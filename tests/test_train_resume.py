@@ -5,7 +5,7 @@ import torch
 
 from helpers import read_metrics, tiny_args
 from layersync.cli import sample, train
-from layersync.train import checkpoint
+from layersync.train import checkpoint, trainer
 from layersync.train.optim import build_optimizer, load_optimizer_state
 
 KEYS = ("loss", "flow_loss", "layersync_loss")
@@ -138,6 +138,33 @@ def test_preview_grid_is_what_the_sample_cli_draws(tmp_path):
     assert again.shape == (4, 1, 8, 8)
     grid = np.asarray(Image.open(out / "samples" / "step_0000002.png"))
     assert np.array_equal(grid, np.asarray(Image.open(tmp_path / "again.png")))
+
+
+def test_an_early_preview_shows_its_progress_and_leaves_the_run_unchanged(tmp_path, monkeypatch):
+    """train.first_sample writes previews at that early step too (not only every sample_every steps and
+    at the last), with a bar that moves at each model evaluation (heun, 2 steps: 4). Previews draw from
+    their own generators: a run stopped before it and resumed across it trains as one without it."""
+    bars = []
+
+    class Recorded(trainer.tqdm):
+        def close(self):
+            if not self.disable:  # the first close (a closed bar is disabled)
+                bars.append((self.desc, self.n, self.total))
+            super().close()
+
+    monkeypatch.setattr(trainer, "tqdm", Recorded)
+    train.main(tiny_args(tmp_path / "plain", 4, "--set", "train.first_sample=0"))
+    train.main(tiny_args(tmp_path / "early", 1, "--set", "train.first_sample=2"))
+    train.main(tiny_args(tmp_path / "early", 4, "--set", "train.first_sample=2"))
+    assert [bar for bar in bars if bar[0]] == [("preview at step 4", 4, 4), ("preview at step 1", 4, 4),
+                                               ("preview at step 2", 4, 4), ("preview at step 4", 4, 4)]
+    assert [p.name for p in (tmp_path / "plain" / "samples").iterdir()] == ["step_0000004.png"]
+    assert sorted(p.name for p in (tmp_path / "early" / "samples").iterdir()) == [
+        "step_0000001.png", "step_0000002.png", "step_0000004.png"]
+    plain, early = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "early")
+    assert [[m[k] for k in KEYS] for m in plain] == [[m[k] for k in KEYS] for m in early]
+    a, b = (checkpoint.load(checkpoint.latest(tmp_path / run / "checkpoints")) for run in ("plain", "early"))
+    assert all(torch.equal(a["model"][name], b["model"][name]) for name in a["model"])
 
 
 def test_warmup_and_cosine_drive_the_run(tmp_path):

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from layersync.errors import ConfigError, DataError
-from layersync_video.data import MovingDigits, VideoFolderDataset
+from layersync_video.data import MovingDigits, VideoFolderDataset, decord_frames, pyav_frames
 from layersync_video.output import save_clips, save_video
 
 W, H = 32, 24
@@ -72,6 +72,18 @@ def test_short_side_resize_and_centre_crop(tmp_path):
     assert (row[:1] < 40).all() and (row[3:9] - 128).abs().max() < 12
     gray = VideoFolderDataset(str(tmp_path), frames=2, size=12, channels=1)[0][0]
     assert gray.shape == (1, 2, 12, 12) and torch.allclose(gray[0], x.mean(0), atol=0.05)
+
+
+def test_a_file_decord_cannot_decode_is_read_with_pyav(tmp_path):
+    """decord fails on a 16-pixel-wide MPEG-4 ("DECORDArrayCopyFromTo: The size must exactly match"); PyAV reads it."""
+    write_video(tmp_path / "narrow" / "a.mp4", w=16, h=240)
+    ds = VideoFolderDataset(str(tmp_path / "narrow"), frames=5, stride=2, size=16)
+    torch.manual_seed(0)
+    for _ in range(5):
+        x, _ = ds[0]
+        assert x.shape == (3, 5, 16, 16) and np.diff(index_of(x)).tolist() == [2] * 4
+    wide = write_video(tmp_path / "wide.mp4", n=6, frame=lambda i: np.full((H, W, 3), 40 * i, np.uint8))
+    assert np.array_equal(pyav_frames(wide, [1, 4, 5]), decord_frames(wide, [1, 4, 5]))  # the same frame numbers
 
 
 def test_class_layout_labels(tmp_path):

@@ -53,6 +53,13 @@ def test_default_trains_samples_mp4s_and_evaluates_fvd(tmp_path, capsys, monkeyp
     assert result["num_samples"] == result["num_ref"] == 6 and math.isfinite(result["fvd"])
     assert f"fvd: {result['fvd']:.6g}" in capsys.readouterr().out
 
+    preview = tmp_path / "preview"  # its .npz: float clips as samples, as a sample set's arr_0
+    assert sample.main(["--ckpt", str(run), "--out", str(preview), "--device", "cpu"]) == 0
+    args[args.index("--samples") + 1] = str(preview.with_suffix(".npz"))
+    assert eval_cli.main([*args, "--ref", str(out / "mp4"), "--out", str(tmp_path / "preview.json")]) == 0
+    result = json.loads((tmp_path / "preview.json").read_text())
+    assert result["num_samples"] == 4 and math.isfinite(result["fvd"])
+
 
 def test_frame_vae_is_the_image_vae_frame_by_frame():
     vae = tiny_vae(16)

@@ -43,10 +43,11 @@ def test_atomic_passes_on_errors_about_other_files(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
-def test_checkpoint_on_a_really_full_device_keeps_the_previous_one(tmp_path):
+def test_checkpoint_on_a_really_full_device_keeps_the_previous_one(tmp_path, monkeypatch):
     folder = tmp_path / "checkpoints"
     first = checkpoint.save({"w": torch.ones(3)}, folder, 1)
-    (folder / "step_0000002.pt.tmp").symlink_to("/dev/full")  # writes there fail with ENOSPC
+    monkeypatch.setattr(files.secrets, "token_hex", lambda n: "full")  # the temporary name: step_0000002.pt.full.tmp
+    (folder / "step_0000002.pt.full.tmp").symlink_to("/dev/full")  # writes there fail with ENOSPC
     with pytest.raises(WriteError, match=r"cannot write .*step_0000002\.pt: no space left on device"):
         checkpoint.save({"w": torch.zeros(1000)}, folder, 2)
     assert sorted(p.name for p in folder.iterdir()) == ["step_0000001.pt"]

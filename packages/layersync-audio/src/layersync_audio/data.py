@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 from torchaudio.transforms import Resample
 
-from layersync.data import SkipsBadItems
+from layersync.data import SkipsBadItems, inside
 from layersync.errors import ConfigError, DataError
 from layersync_audio.audio_io import AUDIO_EXTENSIONS, AudioInfo, audio_info, read_audio
 
@@ -70,7 +70,7 @@ def jamendo_items(root: Path, metadata: Path, category: str | None) -> tuple[lis
             continue
         if len(row) < 5:
             raise DataError(f"{metadata} line {line}: expected at least the columns {' '.join(JAMENDO_COLUMNS)}")
-        path = root / row[3]
+        path = inside(root, row[3], f"{metadata} line {line}")
         if not path.exists() and path.with_suffix(".low.mp3").exists():
             path = path.with_suffix(".low.mp3")
         tracks.append((path, [t[len(prefix) :] for t in row[5:] if category and t.startswith(prefix)]))

@@ -1,7 +1,8 @@
 """How ``layersync-eval --plugin audio`` reads samples and references.
 
 A folder of audio files (searched recursively, sorted), a sample set's ``samples.npz``
-(``arr_0`` float waveforms (N, channels, samples) or (N, samples), ``sample_rate``), or an
+(``arr_0`` float waveforms (N, channels, samples) or (N, samples), ``sample_rate``), a preview's
+``.npz`` (the same as ``samples``), or an
 ``.npz`` of reference statistics only (``mu_<net>``/``sigma_<net>``, as ``--save-ref-stats``
 writes them).
 """
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from layersync.errors import DataError
+from layersync.interfaces import SAMPLE_KEYS
 from layersync_audio.audio_io import AUDIO_EXTENSIONS, Clips, read_audio
 
 STATISTICS = ("mu", "sigma")  # key prefixes of stored reference statistics
@@ -48,7 +50,7 @@ class AudioFolder:
 
 
 class AudioArchive:
-    """A sample set's ``.npz`` (waveforms and their sample rate), or stored reference statistics."""
+    """A sample set's or a preview's ``.npz`` (waveforms and their sample rate), or stored reference statistics."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -58,25 +60,26 @@ class AudioArchive:
             with np.load(self.path) as archive:
                 self.names = list(archive.files)
                 self.stats = {k: archive[k] for k in self.names if k.startswith(STATISTICS)}
-                waveforms = archive["arr_0"] if "arr_0" in self.names else None
+                self.key = next((k for k in SAMPLE_KEYS if k in self.names), None)
+                waveforms = archive[self.key] if self.key else None
                 rate = archive["sample_rate"] if "sample_rate" in self.names else None
         except (OSError, ValueError) as exc:
             raise DataError(f"{self.path} is not a readable .npz ({exc})") from None
         if waveforms is None and not self.stats:
-            raise DataError(f"{self.path} holds neither arr_0 (waveforms) nor mu/sigma statistics "
+            raise DataError(f"{self.path} holds no waveforms ({' or '.join(SAMPLE_KEYS)}) and no mu/sigma statistics "
                             f"(it holds {', '.join(self.names) or 'nothing'})")
         self.waveforms = np.zeros((0, 1, 1), np.float32) if waveforms is None else self._checked(waveforms, rate)
         self.sample_rate = int(rate) if rate is not None else 0
 
     def _checked(self, waveforms: np.ndarray, rate) -> np.ndarray:
         if rate is None:
-            raise DataError(f"{self.path} holds arr_0 but no sample_rate (layersync-sample writes both)")
+            raise DataError(f"{self.path} holds {self.key} but no sample_rate (layersync-sample writes both)")
         if waveforms.dtype.kind != "f" or waveforms.ndim not in (2, 3):
-            raise DataError(f"{self.path}: arr_0 is {waveforms.dtype} of shape {waveforms.shape}; expected float "
+            raise DataError(f"{self.path}: {self.key} is {waveforms.dtype} of shape {waveforms.shape}; expected float "
                             "waveforms (N, channels, samples) or (N, samples)")
         if not np.isfinite(waveforms).all():
             bad = int(np.flatnonzero(~np.isfinite(waveforms.reshape(len(waveforms), -1)).all(1))[0])
-            raise DataError(f"{self.path}: sample {bad} of arr_0 holds NaN or infinite values")
+            raise DataError(f"{self.path}: sample {bad} of {self.key} holds NaN or infinite values")
         return waveforms[:, None] if waveforms.ndim == 2 else waveforms
 
     def __len__(self):

@@ -10,6 +10,7 @@ from numbers import Integral
 
 import torch
 
+from layersync.cache import LatentCacheDataset
 from layersync.config import options
 from layersync.errors import ConfigError, DataError, PluginError
 from layersync.interfaces import Evaluator, Tokenizer, sample_info
@@ -100,7 +101,10 @@ def tokenizer(registry: Registry, config: dict):
 
 
 def check_compatible(data, tok) -> None:
-    """The data set and the tokenizer must agree on what both state (e.g. the sample rate)."""
+    """The data set and the tokenizer must agree on what both state (e.g. the sample rate); a latent cache
+    must have been made by this tokenizer."""
+    if isinstance(data, LatentCacheDataset):
+        data.check_tokenizer(tok)
     for key, value in sample_info(tok).items():
         have = getattr(data, key, None)
         if have is not None and have != value:

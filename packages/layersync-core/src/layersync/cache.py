@@ -17,8 +17,10 @@ import hashlib
 import json
 import logging
 import math
+import signal
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -26,8 +28,8 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from layersync.errors import ConfigError, DataError
-from layersync.files import atomic, write_json
+from layersync.errors import ConfigError, DataError, Interrupted
+from layersync.files import atomic, discard_unfinished, write_json
 from layersync.train import distributed
 
 log = logging.getLogger("layersync")
@@ -82,6 +84,12 @@ def mismatch_message(path: Path, diffs: list, wanted: str) -> str:
     return f"latent cache {path} was made from other inputs: {changed} changed ({details})"
 
 
+def tokenizer_fingerprint(tokenizer) -> dict:
+    """The parts of a cache's fingerprint that ``tokenizer`` decides: its own fingerprint and the latent scale."""
+    scale = float(tokenizer.scale) if hasattr(tokenizer, "moments") else 1.0
+    return {"tokenizer": json.loads(json.dumps(tokenizer.fingerprint())), "preprocessing": {"scale": scale}}
+
+
 def read_meta(path: Path) -> dict:
     file = path / META
     if not file.is_file():
@@ -90,6 +98,9 @@ def read_meta(path: Path) -> dict:
         meta = json.loads(file.read_text())
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {file}: {exc}") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{file} holds a JSON {type(meta).__name__}, not a cache's meta (make the cache again "
+                        "with layersync-cache)")
     if meta.get("format") != FORMAT:
         raise DataError(f"{file} has cache format {meta.get('format')!r}, this version reads format {FORMAT} "
                         "(make the cache again with layersync-cache)")
@@ -170,20 +181,24 @@ def write_cache(dataset, tokenizer, out: str | Path, *, preprocessing: dict, vie
                           "(an identity tokenizer has nothing to cache)")
     views = views or (lambda x: [x])
     env = distributed.setup(device)
+    held = ExitStack()
     try:
+        held.enter_context(_stopped_by_signals(Path(out)))
         stochastic = hasattr(tokenizer, "moments")
+        made_by = tokenizer_fingerprint(tokenizer)
         fingerprint = {
             "data": data_fingerprint(dataset),
-            "tokenizer": json.loads(json.dumps(tokenizer.fingerprint())),
-            "preprocessing": {**json.loads(json.dumps(preprocessing)),
-                              "scale": float(tokenizer.scale) if stochastic else 1.0},
+            "tokenizer": made_by["tokenizer"],
+            "preprocessing": {**json.loads(json.dumps(preprocessing)), **made_by["preprocessing"]},
             "layout": {"shard_size": shard_size},
         }
         out_dir = Path(out)
+        held.enter_context(distributed.writer_lock(out_dir, "latent cache", env))
         existing = _check_existing(out_dir, fingerprint)
         distributed.barrier(env)  # every rank has checked before rank 0 writes
+        if env.main:
+            discard_unfinished(out_dir)
         if env.main and not existing:
-            out_dir.mkdir(parents=True, exist_ok=True)
             num_views = len(views(torch.zeros(1, *dataset.sample_shape)))
             meta = {
                 "format": FORMAT,
@@ -207,7 +222,25 @@ def write_cache(dataset, tokenizer, out: str | Path, *, preprocessing: dict, vie
                      meta["num_shards"], written)
         return meta
     finally:
+        held.close()
         distributed.teardown(env)
+
+
+@contextmanager
+def _stopped_by_signals(out: Path) -> Iterator[None]:
+    """SIGINT and SIGTERM raise an ``Interrupted`` that says what the cache keeps (the CLI prints it and exits
+    130 or 143); raised at once, so the DataLoader's workers are ended on the way out."""
+    def stop(signum, frame):
+        kept = len(list(out.glob("shard_*.safetensors")))
+        raise Interrupted(f"stopped by {signal.Signals(signum).name}: latent cache {out} keeps the shards written so "
+                          f"far ({kept}); run layersync-cache again with the same arguments to resume", signum)
+
+    handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 # ---- reading ------------------------------------------------------------------------------------
@@ -239,12 +272,27 @@ class LatentCacheDataset(Dataset):
                 f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); run layersync-cache again with "
                 "the same arguments to complete it"
             )
-        self.shard_size, self.scale = meta["shard_size"], meta["fingerprint"]["preprocessing"]["scale"]
+        self.fingerprint = meta["fingerprint"]
+        self.shard_size, self.scale = meta["shard_size"], self.fingerprint["preprocessing"]["scale"]
         self.views, self.stochastic = meta["views"], meta["stochastic"]
         self.sample_shape = tuple(meta["latent_shape"])
         self.classes, self.num_classes = meta["classes"], meta["num_classes"]
         self.labels = torch.cat([self._read_labels(i, meta) for i in range(meta["num_shards"])])
         self._shards = {}  # index -> open safetensors file, per process
+
+    def check_tokenizer(self, tokenizer) -> None:
+        """The run's tokenizer (which names the latents' shape and decodes samples) must be the one that made
+        the cache: a ConfigError naming both."""
+        made = self.fingerprint["tokenizer"]
+        if not hasattr(tokenizer, "fingerprint"):
+            raise ConfigError(f"latent cache {self.path} holds latents of tokenizer {made.get('name')!r}, but the "
+                              f"run's tokenizer is {type(tokenizer).__name__}, which did not make them: set tokenizer "
+                              "to the one that made the cache")
+        diffs = differences(self.fingerprint, tokenizer_fingerprint(tokenizer))
+        if diffs:
+            names = [diff for diff in diffs if diff[0] == "tokenizer.name"]  # another kind: the rest says little
+            raise ConfigError(mismatch_message(self.path, names or diffs, "in the run's tokenizer")
+                              + "; set tokenizer to the one that made the cache")
 
     def _read_labels(self, index: int, meta: dict) -> torch.Tensor:
         file = self.path / shard_name(index)

@@ -1,12 +1,14 @@
 """Conformance checks of one plugin (``layersync check-plugin NAME``), for plugin authors' CI.
 
-For each modality of the plugin its recipe is built through the registry and every piece
-runs once on a batch of 2: the data set's batch, the tokenizer's encoding, the backbone's
-forward with capture, one training step with LayerSync, a graph-safety check of the
-forward (no host syncs), a short sampling run, ``save_samples`` and the evaluators on two
-tiny sample sets. A modality's ``check_fixture`` (a tiny random model, a few items) stands in
-for the user's data and weights its recipe needs. A plugin without a modality has its backbones
-built at a tiny size.
+The plugin must declare ``LAYERSYNC_PLUGIN_API``; its load warnings are WARN rows. For each
+modality of the plugin its recipe is built through the registry and every piece runs once on a
+batch of 2: the data set's batch, the tokenizer's encoding, the backbone's forward with capture,
+one training step with LayerSync, a graph-safety check of the forward (no host syncs), the data
+set's ``preview`` and the modality's ``conditions`` (required when the items' conditions are not
+labels), each with a short guided sampling run into ``save_samples``, ``cache_views``, the pieces
+of ``cache_recipe``, and the evaluators on two tiny sample sets. A modality's ``check_fixture`` (a
+tiny random model, a few items) stands in for the user's data and weights its recipe needs. A plugin
+without a modality has its backbones built at a tiny size.
 Every check gives one ``CheckResult``: PASS, WARN (it passed but found a cost the plugin should
 not pay, e.g. a transposed token stream), FAIL (the check raised or found a breach of the
 contract) or SKIP (published weights are missing, or a check it needs did not pass).
@@ -27,17 +29,19 @@ import torch
 
 from layersync import build, interfaces, trees
 from layersync import config as configuration
-from layersync.errors import ConfigError, DataError
+from layersync.errors import ConfigError, DataError, PluginError
 from layersync.metrics.weights import MissingWeightsError, WeightFile, resolve_weights
 from layersync.objective import LayerSync
-from layersync.plugins import Registry, registry as default_registry
+from layersync.plugins import NO_API, PLUGIN_API, Registry, registry as default_registry
 from layersync.sampling import seeded_samples
 from layersync.train.data import make_loader
 from layersync.train.optim import build_optimizer
 from layersync.train.step import TrainStep
+from layersync.train.trainer import preview_conditions
 
 BATCH = 2  # items per forward and training step
 EVAL_ITEMS = 10  # items per evaluator set (the Inception Score takes at least 10)
+CFG_SCALE = 2.0  # the guidance of every sample the checks draw
 NOT_EXERCISED = "not exercised (no recipe of this plugin uses it)"
 # A backbone without a recipe: the smallest size of core's naming, and inputs of rank 2, 3, 4 (sequence,
 # image, video), the first one its factory accepts.
@@ -115,6 +119,18 @@ class Report:
 
 def item_name(category: str, name: str) -> str:
     return f"{SINGULAR[category]}/{name}"
+
+
+def layout(cond):
+    """How a batch of conditions is laid out: per-row shape and float or not of each leaf (``((), False)`` for
+    class labels)."""
+    if isinstance(cond, dict):
+        return {key: layout(value) for key, value in cond.items()}
+    return (tuple(cond.shape[1:]), cond.is_floating_point()) if isinstance(cond, torch.Tensor) else type(cond).__name__
+
+
+def is_labels(cond) -> bool:
+    return layout(cond) == ((), False)
 
 
 def describe(value) -> str:
@@ -359,8 +375,10 @@ class Pipeline:
             fixture.mkdir(parents=True)
             assignments, detail = list(self.modality.check_fixture(fixture)), f"{detail} + check fixture"
         config = configuration.load(self.modality.recipe, None, [f"modality={self.name}", *assignments])
-        # a short deterministic sampler: the checks draw samples, they do not judge them
-        self.config = configuration.merge(config, {"sample": {"method": "ode", "solver": "euler", "steps": 2}})
+        # a short deterministic sampler: the checks draw samples, they do not judge them; guided, as
+        # `layersync-sample --cfg-scale` draws them, so that drop_cond's null condition goes through the backbone
+        self.config = configuration.merge(config, {"sample": {"method": "ode", "solver": "euler", "steps": 2,
+                                                              "cfg_scale": CFG_SCALE}})
         return self.config, detail
 
     def build_dataset(self):
@@ -414,16 +432,61 @@ class Pipeline:
         count = sum(p.numel() for p in self.model.parameters())
         return self.model, f"input {self.input_shape}, {self.num_classes} classes, {count:,} parameters"
 
-    def save(self, out, folder: Path):
+    def like_data(self, what: str, cond, mask) -> None:
+        """Conditions and masks made for sampling must be laid out as the data set's items are."""
+        if layout(cond) != layout(self.batch.cond):
+            raise Failed(f"{what} gave cond {describe(cond)}, the data set's items {describe(self.batch.cond)}")
+        data = self.batch.mask
+        if mask is not None and (data is None or mask.dtype != torch.bool or mask.shape[1:] != data.shape[1:]):
+            raise Failed(f"{what} gave a mask {describe(mask)}, the data set's items "
+                         f"{'none' if data is None else describe(data)}")
+
+    def preview(self):
+        """The conditions of training's sample steps (``train/trainer.py``)."""
+        if not hasattr(self.dataset, "preview") and not is_labels(self.batch.cond):
+            raise Failed(f"the items' conditions are {describe(self.batch.cond)}, not class labels, and the data set "
+                         "has no preview(n) -> (cond, mask or None): training's sample steps would give the backbone "
+                         "labels")
+        cond, mask = preview_conditions(self.dataset, self.num_classes, BATCH, self.device)
+        if trees.batch_size(cond) != BATCH:
+            raise Failed(f"preview({BATCH}) gave {trees.batch_size(cond)} conditions")
+        self.like_data(f"preview({BATCH})", cond, mask)
+        shown = "preview(n)" if hasattr(self.dataset, "preview") else "labels (no preview(n))"
+        return (cond, mask), f"{shown}: cond {describe(cond)}" + ("" if mask is None else f", mask {describe(mask)}")
+
+    def save(self, cond, mask, facts: dict, stem: Path):
+        """Samples of these conditions, drawn as the trainer and ``layersync-sample`` draw them (guided), written
+        by ``save_samples`` as they call it: ``stem`` in a folder that does not exist yet."""
         with torch.no_grad():
-            x = self.tokenizer.decode(out).float().cpu()
-        mask = self.batch.mask
-        info = {**self.info, **({} if mask is None else {"lengths": mask.sum(-1).tolist()})}
-        # as the trainer calls it: a stem in a folder that does not exist yet
-        path = self.modality.save_samples(x, folder / "samples" / "step_0000000", info)
-        if path is None or not Path(path).is_file() or Path(path).stat().st_size == 0:
-            raise Failed(f"save_samples returned {path!r}, not a non-empty file")
-        return path, f"{Path(path).name}, {Path(path).stat().st_size:,} bytes"
+            z = seeded_samples(self.sampler, self.model, self.input_shape, cond, self.config["seed"], mask=mask)
+            x = self.tokenizer.decode(z).float().cpu()
+        info = {**self.info, **({} if mask is None else {"lengths": mask.sum(-1).tolist()}), **facts}
+        path = interfaces.save_samples(self.modality, x, stem, info)
+        return path, f"{len(x)} samples at cfg_scale {CFG_SCALE}: {path.name}, {path.stat().st_size:,} bytes"
+
+    def conditions(self, folder: Path):
+        """``Modality.conditions`` as ``layersync-sample`` calls it without ``--cond``; a few samples of them."""
+        if self.modality.conditions is None:
+            raise Failed(f"the items' conditions are {describe(self.batch.cond)}, not class labels, and the modality "
+                         "has no conditions(values, config, num_classes): layersync-sample has only labels to give "
+                         "the backbone")
+        cond, mask, facts = interfaces.condition_pool(self.modality, [], self.config, self.num_classes)
+        self.like_data("conditions([])", cond, mask)
+        n = min(BATCH, trees.batch_size(cond))
+        first = trees.to_device(trees.rows(cond, slice(0, n)), self.device)
+        path, _ = self.save(first, None if mask is None else mask[:n].to(self.device),
+                            {key: list(values[:n]) for key, values in facts.items()}, folder / "conditions" / "samples")
+        named = f", facts {', '.join(facts)}" if facts else ""
+        return None, f"{trees.batch_size(cond)} conditions {describe(cond)}{named}; {n} samples: {path.name}"
+
+    def cache_views(self):
+        """``Modality.cache_views`` of a batch, as ``layersync-cache`` stacks them: tensors shaped like it."""
+        views = self.modality.cache_views(self.x)
+        if not isinstance(views, (list, tuple)) or not views or any(
+                not isinstance(v, torch.Tensor) or v.shape != self.x.shape for v in views):
+            raise Failed(f"cache_views(x) of x {describe(self.x)} gave {describe(views)}; it must return a list of "
+                         "tensors shaped like x")
+        return None, f"{len(views)} views of {describe(self.x)}"
 
     @property
     def cfg_dropout(self) -> float:
@@ -441,7 +504,7 @@ def check_modality(rep: Report, reg: Registry, name: str, device, folder: Path, 
     used.update(pieces.items())
     data, tok, net = (item_name(c, pieces[c]) for c in ("datasets", "tokenizers", "backbones"))
     dataset = rep.run(data, "build", pipe.build_dataset)
-    batch = rep.run(data, "batch", pipe.first_batch, needs=(dataset,))
+    items = batch = rep.run(data, "batch", pipe.first_batch, needs=(dataset,))
     tokenizer = rep.run(tok, "build", pipe.build_tokenizer, needs=(dataset,))
     if not getattr(pipe, "encoded", False):
         batch = rep.run(tok, "encode", pipe.encode, needs=(batch, tokenizer))
@@ -451,7 +514,15 @@ def check_modality(rep: Report, reg: Registry, name: str, device, folder: Path, 
         out = NOT_RUN
     else:
         out = check_backbone(rep, net, model, batch, config, pipe.cfg_dropout)
-    rep.run(item, "save_samples", lambda: pipe.save(out, folder / name), needs=(out,))
+    preview = rep.run(data, "preview", pipe.preview, needs=(items,))
+    rep.run(item, "save_samples", lambda: pipe.save(*preview, {}, folder / name / "samples" / "step_0000000"),
+            needs=(out, preview))
+    if pipe.modality.conditions is not None or items is not NOT_RUN and not is_labels(items.cond):
+        rep.run(item, "conditions", lambda: pipe.conditions(folder / name), needs=(out,))
+    if pipe.modality.cache_views is not None:
+        rep.run(item, "cache_views", pipe.cache_views, needs=(items,))
+    if pipe.modality.cache_recipe is not None:
+        check_cache_recipe(rep, reg, pipe.modality, used)
     sets = EvalSets(pipe, folder / name / "eval")
     for evaluator in pipe.modality.evaluators:
         used.add(("evaluators", evaluator))
@@ -460,28 +531,49 @@ def check_modality(rep: Report, reg: Registry, name: str, device, folder: Path, 
                 needs=(model, batch))
 
 
+def build_for_cache(reg: Registry, recipe: Path, category: str, name: str, options: dict):
+    if category == "datasets" and options.get("path") is None:
+        raise Skipped(f"its data are the user's (layersync-cache --data): the cache recipe {recipe.name} names none")
+    build.make(reg, category, name, **options)
+    return None, f"from the cache recipe {recipe.name}"
+
+
+def check_cache_recipe(rep: Report, reg: Registry, modality, used: set) -> None:
+    """Build the data set and tokenizer ``layersync-cache`` encodes with (``Modality.cache_recipe``)."""
+    recipe = Path(modality.cache_recipe)
+    config = configuration.load(recipe)
+    for category, key in (("datasets", "data"), ("tokenizers", "tokenizer")):
+        name, options = configuration.options(config[key])
+        if (category, name) not in used:
+            used.add((category, name))
+            rep.run(item_name(category, name), "build", lambda: build_for_cache(reg, recipe, category, name, options))
+
+
 # ---------------------------------------------------------------- pieces without a recipe
 
 
-def tiny_backbone(factory):
-    """The factory at ``TINY_SIZE`` on the first of ``TINY_SHAPES`` it accepts: (model, input shape)."""
-    if "size" not in inspect.signature(factory).parameters:
+def tiny_backbone(reg: Registry, name: str):
+    """Backbone ``name`` (``plugin:item``) at ``TINY_SIZE`` on the first of ``TINY_SHAPES`` it accepts, built
+    through the registry as a recipe's is (its errors name the plugin and the item): (model, input shape)."""
+    if "size" not in inspect.signature(reg.get("backbones", name)).parameters:
         raise Skipped(f"{NOT_EXERCISED}; its factory takes no size to build it small with")
     errors = []
     for shape in TINY_SHAPES:
         try:
             torch.manual_seed(0)
-            return factory(shape, TINY_CLASSES, size=TINY_SIZE), shape
+            return build.make(reg, "backbones", name, shape, TINY_CLASSES, size=TINY_SIZE), shape
+        except PluginError:  # a breach of the contract, not an input the backbone does not suit
+            raise
         except Exception as exc:  # noqa: BLE001 - this input rank does not suit the backbone; try the next
             errors.append(f"{shape}: {one_line(exc)}")
     raise Skipped(f"{NOT_EXERCISED}; size {TINY_SIZE} on none of the inputs {'; '.join(errors)}")
 
 
-def check_tiny_backbone(rep: Report, reg: Registry, name: str, device) -> None:
+def check_tiny_backbone(rep: Report, reg: Registry, plugin: str, name: str, device) -> None:
     item = item_name("backbones", name)
 
     def make():
-        model, shape = tiny_backbone(reg.get("backbones", name))
+        model, shape = tiny_backbone(reg, f"{plugin}:{name}")
         return (model.to(device), shape), f"size {TINY_SIZE}, input {shape}, {TINY_CLASSES} classes (no recipe)"
 
     built = rep.run(item, "build", make)
@@ -516,6 +608,14 @@ def check_plugin(name: str, registry: Registry | None = None, device="cpu") -> l
         return rep.results
     provided = ", ".join(f"{len(v)} {k}" for k, v in info.provides.items()) or "nothing"
     rep.add("PASS", plugin, "load", f"version {info.version}: {provided}")
+    if info.api is None:
+        rep.add("FAIL", plugin, "api", f"{info.module} declares no LAYERSYNC_PLUGIN_API: set LAYERSYNC_PLUGIN_API = "
+                                       f"{PLUGIN_API}, the plugin API it is written for")
+    else:
+        rep.add("PASS", plugin, "api", f"plugin API {info.api}")
+    for warning in info.warnings:
+        if warning != NO_API:
+            rep.add("WARN", plugin, "load", warning)
     device = torch.device(device)
     used: set[tuple[str, str]] = set()
     with tempfile.TemporaryDirectory(prefix="layersync-check-") as folder:
@@ -526,7 +626,7 @@ def check_plugin(name: str, registry: Registry | None = None, device="cpu") -> l
             if (category, piece) in used:
                 continue
             if category == "backbones" and not info.provides.get("modalities"):
-                check_tiny_backbone(rep, reg, piece, device)
+                check_tiny_backbone(rep, reg, name, piece, device)
             else:
                 rep.add("SKIP", item_name(category, piece), "-", NOT_EXERCISED)
     for weight in info.provides.get("weights", []):

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from layersync.errors import ConfigError, reason
-from layersync.schema import check_value, validate
+from layersync.schema import check_value, show, validate
 from layersync.train.loggers import default_loggers
 
 DEFAULTS: dict = {
@@ -41,6 +41,7 @@ DEFAULTS: dict = {
         "keep": 0,  # keep the last N checkpoints (0: all of them; nothing is deleted unasked)
         "keep_every": 0,  # with keep > 0, also keep the checkpoints of every Mth step (0: none)
         "sample_every": 10_000,
+        "first_sample": 50,  # also write previews at this early step (0: none), to look at before sample_every
         "num_workers": 4,
         "device": "auto",
         "on_nonfinite": "stop",  # NaN/inf in a loss or the gradients: stop (exit 3) or skip the step
@@ -67,7 +68,22 @@ OPEN_SECTIONS = ("data", "tokenizer", "model")
 
 
 class Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``3e-4`` as a string; here it is the float everyone means."""
+    """YAML 1.1 reads ``3e-4`` as a string; here it is the float everyone means. An alias (``*name``) is
+    refused: a few nested ones expand to gigabytes (the "billion laughs" file)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"found the alias *{event.anchor}: aliases are not "
+                                              "allowed in a config (write the value out)", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+class Dumper(yaml.SafeDumper):
+    """Writes a value used twice out twice: ``Loader`` reads no aliases."""
+
+    def ignore_aliases(self, data):
+        return True
 
 
 Loader.add_implicit_resolver(
@@ -111,7 +127,7 @@ def merge(base: dict, update: dict, where: str = "") -> dict:
             raise ConfigError(f"unknown config key '{name}' (known here: {known})")
         if isinstance(out.get(key), dict):
             if not isinstance(value, dict):
-                raise ConfigError(f"config key '{name}' must be a mapping, got {value!r}")
+                raise ConfigError(f"config key '{name}' must be a mapping, got {show(value)}")
             if key in OPEN_SECTIONS and not where and value.get("name", out[key].get("name")) != out[key].get("name"):
                 out[key] = {"name": value["name"]}  # another factory: the old one's options do not apply
             out[key] = merge(out[key], value, f"{name}.")
@@ -178,4 +194,4 @@ def flatten(config: dict, prefix: str = "") -> dict:
 
 
 def dump(config: dict) -> str:
-    return yaml.safe_dump(config, sort_keys=False)
+    return yaml.dump(config, Dumper=Dumper, sort_keys=False)

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path, PurePath
 
 from layersync.errors import DataError
 
 log = logging.getLogger("layersync")
+
+
+def inside(root: str | Path, relative: str, source) -> Path:
+    """``root / relative`` for a name read from ``source`` (a split, index or metadata file); a DataError
+    naming ``source`` and the name where it may lead outside ``root`` (an absolute path, a ``..`` part)."""
+    if PurePath(relative).anchor or ".." in PurePath(relative).parts:
+        raise DataError(f"{source}: {relative!r} leads outside {root} (expected a name inside that folder)")
+    return Path(root) / relative
 
 
 class SkipsBadItems:

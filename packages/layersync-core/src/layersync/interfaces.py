@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import weakref
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 
 import torch
 
+from layersync import trees
 from layersync.errors import PluginError
 
 if TYPE_CHECKING:
@@ -133,6 +135,22 @@ class Evaluator(Protocol):
     def compute(self) -> dict[str, float]: ...
 
 
+# Where an .npz holds samples: arr_0 in a sample set's samples.npz (the modality's array format), samples in
+# the .npz of a preview (layersync-sample --out STEM: float, as decoded). Readers take the first present.
+SAMPLE_KEYS = ("arr_0", "samples")
+
+
+def npz_samples_key(path: Path) -> str | None:
+    """Which of ``SAMPLE_KEYS`` the .npz at ``path`` holds first; None if none, or if it is no readable .npz
+    (its reader then says what is wrong)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = {name.removesuffix(".npy") for name in archive.namelist()}
+    except (OSError, zipfile.BadZipFile):
+        return None
+    return next((key for key in SAMPLE_KEYS if key in names), None)
+
+
 @runtime_checkable
 class SampleSet(Protocol):
     """Samples read from a file or folder for evaluation (``Modality.read_samples``).
@@ -158,8 +176,9 @@ class Modality:
 
     recipe: the default config file (YAML).
     save_samples: ``save_samples(x, path_stem, info) -> Path`` writes decoded samples in
-        the form people look at (PNG grid, WAV, ...); ``info`` is the tokenizer's
-        ``sample_info`` (e.g. ``{"sample_rate": 16000}``), ``{}`` if it has none.
+        the form people look at (PNG grid, WAV, ...), not ``STEM.npz`` (``layersync-sample``'s
+        own arrays); ``info`` is the tokenizer's ``sample_info`` (e.g. ``{"sample_rate": 16000}``),
+        ``{}`` if it has none.
     to_array: ``to_array(x) -> ndarray`` turns decoded samples into the array format the
         field's evaluation tools read (images: uint8 NHWC, as in ADM's sample files);
         None keeps the float samples as they are.
@@ -176,7 +195,8 @@ class Modality:
         the conditions ``layersync-sample`` draws from, made of its ``--cond`` values (motion:
         texts through the text encoder, action names, or the test split's captions and
         lengths); ``facts`` maps names to one value per condition (e.g. captions), handed
-        to ``save_samples``/``save_items`` with the samples; None: ``--cond`` takes class labels.
+        to ``save_samples``/``save_items`` with the samples; None: ``--cond`` takes class labels
+        (a modality whose items' conditions are not labels needs it).
     check_fixture: ``check_fixture(folder) -> ["data.path=...", ...]`` writes into an empty
         folder what the recipe needs to run without user data or published weights (tiny
         random model, a few items) and returns ``--set`` assignments (e.g. ``data.path=...``,
@@ -196,6 +216,42 @@ class Modality:
     cache_views: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
     conditions: Callable[[list[str], dict, int], tuple] | None = None
     check_fixture: Callable[[Path], list[str]] | None = None
+
+
+def save_samples(modality: Modality, x: torch.Tensor, stem: Path, info: dict) -> Path:
+    """``modality.save_samples`` as ``layersync-sample`` calls it, its result checked: a non-empty file,
+    not ``STEM.npz`` (the command's own arrays would replace it)."""
+    path = modality.save_samples(x, stem, info)
+    where = f"modality '{modality.name}': save_samples"
+    if path is None or not Path(path).is_file() or Path(path).stat().st_size == 0:
+        raise PluginError(f"{where} returned {path!r}, not a non-empty file it wrote")
+    if Path(path) == Path(stem).with_suffix(".npz"):
+        raise PluginError(f"{where} wrote {path}, where layersync-sample keeps its arrays: write another name "
+                          "(STEM.png, STEM.npy, ...)")
+    return Path(path)
+
+
+def condition_pool(modality: Modality, values: list[str], config: dict, num_classes: int) -> tuple:
+    """``modality.conditions`` as ``layersync-sample`` calls it, its result checked: ``(cond, mask or None,
+    facts)``, N conditions (a tensor or a dict of tensors with N rows), N masks, N values per fact."""
+    result = modality.conditions(list(values), config, num_classes)
+    where = f"modality '{modality.name}': conditions(values, config, num_classes)"
+    if not isinstance(result, tuple) or len(result) not in (2, 3):
+        raise PluginError(f"{where} returned {type(result).__name__}; it must return (cond, mask or None[, facts])")
+    cond, mask, facts = (*result, {}) if len(result) == 2 else result
+    leaves = trees.leaves(cond) if isinstance(cond, (torch.Tensor, dict)) else [None]
+    if not leaves or not all(isinstance(t, torch.Tensor) and t.dim() >= 1 for t in leaves):
+        raise PluginError(f"{where} returned cond {type(cond).__name__}; it must be a tensor or a dict of tensors, "
+                          "one row per condition")
+    n = len(leaves[0])
+    if any(len(t) != n for t in leaves):
+        raise PluginError(f"{where} returned cond tensors of {sorted({len(t) for t in leaves})} rows; they must agree")
+    if mask is not None and not (isinstance(mask, torch.Tensor) and mask.dtype == torch.bool and len(mask) == n):
+        got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise PluginError(f"{where} returned a mask of {got}; it must be None or bool with {n} rows")
+    if not isinstance(facts, dict) or any(not hasattr(v, "__len__") or len(v) != n for v in facts.values()):
+        raise PluginError(f"{where} returned facts that are not a dict of {n} values per name")
+    return cond, mask, facts
 
 
 def sample_info(tokenizer, dataset=None) -> dict:

@@ -4,8 +4,10 @@ Loading is guarded per plugin: a plugin that fails to import (an exception, ``sy
 an unknown hook, was built for another plugin API or breaks the value contract of a hook is reported
 as failed and the others load. Plugins load first-party first, then by entry-point name; an item
 name that is taken already is refused for the newcomer alone (the rest of it loads) and stays
-reachable as ``plugin:item``. Environment: ``LAYERSYNC_DISABLE_PLUGINS=a,b`` skips plugins,
-``LAYERSYNC_TRACE_PLUGINS=1`` logs each plugin's import and hook calls with their timings.
+reachable as ``plugin:item``. A plugin that declares no ``LAYERSYNC_PLUGIN_API``, or has a function
+named after a hook but not marked with ``@hookimpl``, loads with a warning (logged). Environment:
+``LAYERSYNC_DISABLE_PLUGINS=a,b`` skips plugins, ``LAYERSYNC_TRACE_PLUGINS=1`` logs each plugin's import
+and hook calls with their timings.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ FIRST_PARTY = ("layersync-core", "layersync-image", "layersync-audio", "layersyn
 # The version of what plugins build on (hookspecs, interfaces, layersync.nn, the names in
 # layersync.__all__); a plugin states the one it was built for as LAYERSYNC_PLUGIN_API.
 PLUGIN_API = 1
+NO_API = f"declares no LAYERSYNC_PLUGIN_API; assuming it was built for API {PLUGIN_API}"
+HOOKS = tuple(name for name in dir(hookspecs) if name.startswith("layersync_"))
 
 log = logging.getLogger("layersync.plugins")
 
@@ -106,6 +110,9 @@ class Registry:
             self._traced(f"plugin '{ep.name}': imported {ep.value} in {_ms(began)}")
             info.api = getattr(module, "LAYERSYNC_PLUGIN_API", None)
             self._check_api(info)
+            for name in unmarked_hooks(module):
+                self._warn(info, f"function {name} is not marked with @layersync.hookimpl, so it is ignored "
+                                 "(decorate it to contribute what it returns)")
             self.pm.register(module, name=ep.name)
             self._check_hooks(module)
             found = self._collect(ep.name, info)
@@ -123,17 +130,22 @@ class Registry:
             for name, value in items.items():
                 if name in table:
                     owner = table[name][0]
-                    info.warnings.append(f"{singular(category)} '{name}' is already provided by plugin '{owner}': "
-                                         f"refused here; use '{ep.name}:{name}' to choose this one")
-                    log.warning("plugin '%s': %s", ep.name, info.warnings[-1])
+                    self._warn(info, f"{singular(category)} '{name}' is already provided by plugin '{owner}': "
+                                     f"refused here; use '{ep.name}:{name}' to choose this one")
                 else:
                     table[name] = (ep.name, value)
             if items:
                 info.provides[category] = sorted(items)
 
+    def _warn(self, info: PluginInfo, text: str) -> None:
+        """A problem that does not stop the plugin loading: listed by ``layersync plugins`` and logged (a
+        training run's log shows it)."""
+        info.warnings.append(text)
+        log.warning("plugin '%s': %s", info.name, text)
+
     def _check_api(self, info: PluginInfo) -> None:
         if info.api is None:
-            info.warnings.append(f"declares no LAYERSYNC_PLUGIN_API; assuming it was built for API {PLUGIN_API}")
+            self._warn(info, NO_API)
         elif info.api != PLUGIN_API:
             newer = "upgrade layersync-core" if info.api > PLUGIN_API else f"upgrade {info.dist}"
             raise PluginAPIError(f"built for plugin API {info.api}, but layersync-core "
@@ -141,11 +153,10 @@ class Registry:
 
     def _check_hooks(self, module) -> None:
         """Every hook the plugin implements must exist (pluggy checks this only for all plugins at once)."""
-        known = sorted(n for n in dir(hookspecs) if n.startswith("layersync_"))
         for caller in self.pm.get_hookcallers(module) or []:
             if not caller.has_spec():
                 raise pluggy.PluginValidationError(
-                    module, f"unknown hook '{caller.name}' (known: {', '.join(known)})")
+                    module, f"unknown hook '{caller.name}' (known: {', '.join(HOOKS)})")
 
     def _collect(self, plugin: str, info: PluginInfo) -> dict[str, dict[str, object]]:
         """Call the plugin's hooks and check what they return: a mapping of names to valid values."""
@@ -251,6 +262,13 @@ class Registry:
             raise KeyError(f"plugin '{name}' provides {listed}: give --plugin a modality "
                            f"({', '.join(self.names('modalities'))})")
         raise KeyError(self._unknown("modalities", name))
+
+
+def unmarked_hooks(module) -> list[str]:
+    """The module's functions named after a hook but not marked with ``@layersync.hookimpl`` (pluggy
+    ignores them, silently)."""
+    return [name for name in HOOKS
+            if callable(getattr(module, name, None)) and not hasattr(getattr(module, name), "layersync_impl")]
 
 
 class PluginContractError(TypeError):

@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from numbers import Integral, Real
 
+import yaml
+
 from layersync.errors import ConfigError
 
 
@@ -123,15 +125,38 @@ def _num(x) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
+SHOWN = 80  # the most characters of a value that a message shows
+
+
 def show(value) -> str:
-    """A value as it would be typed after ``--set key=``."""
+    """A value as it would be typed after ``--set key=``, cut to SHOWN characters; a string that would be read
+    as another type is quoted and called a string: ``'3' (a string)``."""
+    text = _typed(value)
+    if len(text) > SHOWN:
+        text = text[: SHOWN - 3] + "..."
+    return text + " (a string)" if isinstance(value, str) and not _reads_back(value) else text
+
+
+def _typed(value) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(show(v) for v in value) + "]"
+        return "[" + ", ".join(_typed(v) for v in value) + "]"
+    if isinstance(value, str) and not _reads_back(value):
+        return repr(value)
     return str(value)
+
+
+def _reads_back(text: str) -> bool:
+    """Whether ``--set key=TEXT`` gives the string TEXT (not a number, a list, true, ...)."""
+    from layersync.config import parse_yaml  # config imports this module
+
+    try:
+        return parse_yaml(text) == text
+    except yaml.YAMLError:
+        return False
 
 
 def Int(meaning, low=None, high=None, **kw):
@@ -146,6 +171,7 @@ def Choice(meaning, *choices, **kw):
     return Rule("str", meaning, choices=choices, **kw)
 
 
+SEED_MAX = 2**63 - 1  # torch's generators take 64 bits; the run derives seed + 1 from it
 PRECISIONS = ("auto", "fp32", "bf16")
 STEP_MODES = ("auto", "eager", "compile", "graph", "graph-eager")
 LR_SCHEDULES = ("constant", "cosine")
@@ -163,7 +189,7 @@ LOGGERS = ("jsonl", "tensorboard", "wandb")
 
 SCHEMA: dict[str, Rule] = {
     "modality": Rule("str", "the modality plugin the run belongs to", null=True),
-    "seed": Int("the run's seed: initial weights, data order, noise", 0),
+    "seed": Int("the run's seed: initial weights, data order, noise", 0, SEED_MAX),
     # transport: objective.py FlowObjective, paths.py
     "transport.path": Choice("the interpolant path", *TRANSPORT_PATHS),
     "transport.prediction": Choice("what the model predicts", *PREDICTIONS),
@@ -200,6 +226,7 @@ SCHEMA: dict[str, Rule] = {
     "train.keep": Int("keep the last N checkpoints; 0: all of them", 0),
     "train.keep_every": Int("with keep > 0, also keep the checkpoints of every Mth step; 0: none", 0),
     "train.sample_every": Int("write preview samples every N steps", 1),
+    "train.first_sample": Int("also write preview samples at this early step; 0: none", 0),
     "train.num_workers": Int("data loader processes; 0: load in the main process", 0),
     "train.device": Rule("str", "the device to train on; auto: cuda if there is one, else cpu",
                          pattern=r"auto|cpu|mps|cuda(:\d+)?", text="auto, cpu, cuda, cuda:N or mps"),

@@ -62,6 +62,16 @@ class TextLatents(torch.utils.data.Dataset):
         return {key: torch.stack([c[key] for c in conds]) for key in conds[0]}, None
 
 
+def conditions(values: list[str], config: dict, num_classes: int):
+    """What ``layersync-sample`` draws from (``Modality.conditions``): the text conditions of the run's first
+    ``sample.num`` items, as previews take them (prompts are encoded outside LayerSync)."""
+    if values:
+        raise ConfigError("--cond: the diffusers modality samples the text conditions of its data items; encode "
+                          "other prompts into items with the model's own pipeline")
+    data = TextLatents(**{key: value for key, value in config["data"].items() if key != "name"})
+    return data.preview(min(len(data), config["sample"]["num"]))
+
+
 def save_latents(x: torch.Tensor, stem: Path, info: dict | None = None) -> Path:
     """Samples are latents: ``stem.safetensors`` (decode them with the model's own VAE)."""
     path = Path(stem).with_suffix(".safetensors")

@@ -5,7 +5,7 @@ from pathlib import Path
 from layersync import Modality, hookimpl
 
 from layersync_diffusers.adapter import build_diffusers  # imports diffusers and peft only when it builds
-from layersync_diffusers.data import TextLatents, save_latents
+from layersync_diffusers.data import TextLatents, conditions, save_latents
 from layersync_diffusers.fixture import check_fixture
 
 RECIPES = Path(__file__).parent / "recipes"
@@ -21,6 +21,7 @@ def layersync_modalities():
             description="LoRA fine-tuning of a pretrained diffusers transformer on cached latents and text embeddings",
             recipe=RECIPES / "lora.yaml",
             save_samples=save_latents,
+            conditions=conditions,  # the text conditions of the data items
             check_fixture=check_fixture,  # a tiny random SD3 and 4 items for layersync check-plugin
         )
     }

@@ -2,8 +2,8 @@
 
 ``layersync-eval --plugin image`` reads samples and reference with ``open_images``: an
 ADM-format ``.npz`` (``arr_0``: uint8 NHWC; a reference batch may also hold precomputed
-``mu``/``sigma``/``mu_s``/``sigma_s``, which then give FID/sFID) or a folder of images,
-both at one resolution.
+``mu``/``sigma``/``mu_s``/``sigma_s``, which then give FID/sFID), a preview's ``.npz``
+(``samples``: float NCHW in [-1, 1]) or a folder of images, both at one resolution.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from layersync.errors import DataError
+from layersync.interfaces import npz_samples_key
 from layersync.metrics import GaussianStats, frechet_distance
 from layersync_image.inception import RESIZE_MODE, SPATIAL_CHANNELS, load_inception
+from layersync_image.output import to_uint8_nhwc
 
 POOL_DIM, SPATIAL_DIM = 2048, SPATIAL_CHANNELS * 17 * 17
 NPZ_LAYOUT = "an .npz whose arr_0 holds uint8 images (N, H, W, 3) (ADM's layout)"
@@ -296,6 +298,34 @@ class FolderImages:
     check_reference = same_resolution
 
 
+class PreviewImages:
+    """``samples`` of a preview's .npz (``layersync-sample --out STEM``): float (N, C, H, W) in [-1, 1], as
+    decoded, made uint8 NHWC as a sample set's ``arr_0`` holds them."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        with np.load(self.path) as archive:
+            x = archive["samples"]
+        if x.dtype.kind != "f" or x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise DataError(f"{self.path}: samples is {x.dtype} of shape {x.shape}; expected a preview's float "
+                            "images (N, C, H, W) in [-1, 1], C 1 or 3")
+        self.images = to_uint8_nhwc(torch.from_numpy(x))
+        self.shape = self.images.shape
+
+    def __len__(self):
+        return len(self.images)
+
+    def batches(self, size: int):
+        yield from (self.images[i : i + size] for i in range(0, len(self), size))
+
+    def statistics(self) -> dict:
+        return {}
+
+    check_reference = same_resolution
+
+
 def open_images(path: str | Path):
-    """The ``read_samples`` of the image modality: a folder of images or an ADM-format .npz."""
-    return FolderImages(path) if Path(path).is_dir() else NpzImages(path)
+    """The ``read_samples`` of the image modality: a folder of images, an ADM-format .npz or a preview's .npz."""
+    if Path(path).is_dir():
+        return FolderImages(path)
+    return PreviewImages(path) if npz_samples_key(path) == "samples" else NpzImages(path)

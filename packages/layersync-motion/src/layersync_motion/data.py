@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from layersync.data import inside
 from layersync.errors import ConfigError, DataError
 
 log = logging.getLogger("layersync")
@@ -64,9 +65,12 @@ class FolderSource:
     def ids(self, split: str) -> tuple[list[str], Path]:
         path = self.root / f"{split}.txt"
         try:
-            return [line.strip() for line in path.read_text().splitlines() if line.strip()], path
+            ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
         except (OSError, UnicodeDecodeError) as exc:
             raise DataError(f"cannot read the split file {path}: {exc}") from None
+        for id_ in ids:  # each names root/new_joint_vecs/<id>.npy and root/texts/<id>.txt
+            inside(self.root / "new_joint_vecs", id_, f"the split file {path}")
+        return ids, path
 
     def array(self, name: str) -> tuple[np.ndarray, Path]:
         path = self.root / f"{name}.npy"

@@ -2,9 +2,10 @@
 
 ``layersync-sample`` writes each sample as ``DIR/new_joint_vecs/000123.npy`` (raw features,
 its own length) and, when it was drawn from a caption, ``DIR/texts/000123.txt`` (the caption
-with its ``word/POS`` tokens). ``layersync-eval --plugin motion`` reads such a folder, or a
-HumanML3D-layout data set (``<split>.txt`` chooses the ids if present: ``test`` by default),
-as motion batches for the text-to-motion evaluator.
+with its ``word/POS`` tokens). ``layersync-eval --plugin motion`` reads such a folder, a
+HumanML3D-layout data set (``<split>.txt`` chooses the ids if present: ``test`` by default)
+or a preview's ``.npz`` (``layersync-sample --out STEM``: normalised ``samples`` with the run's
+``mean``/``std``, ``lengths`` and ``captions``) as motion batches for the text-to-motion evaluator.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from layersync.data import inside
 from layersync.errors import ConfigError, DataError
 from layersync.files import atomic
+from layersync.interfaces import npz_samples_key
 from layersync_motion.evaluate import MotionBatch
 from layersync_motion.output import raw_features
 from layersync_motion.t2m import MAX_MOTION_LENGTH, caption_tokens
@@ -50,7 +53,7 @@ class MotionFolder:
         split_file = self.path / f"{split}.txt"
         if split_file.is_file():
             ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
-            self.files = [folder / f"{i}.npy" for i in ids]
+            self.files = [inside(folder, f"{i}.npy", f"the split file {split_file}") for i in ids]
         else:
             self.files = sorted(folder.glob("*.npy"))
         if not self.files:
@@ -111,9 +114,39 @@ class StatisticsFile:
         return self.stats
 
 
+class PreviewMotions:
+    """The samples of a preview's .npz, de-normalised, each cut to its length (and 196 frames)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        with np.load(self.path, allow_pickle=False) as archive:
+            info = {key: archive[key] for key in archive.files}
+        try:
+            self.features = raw_features(info["samples"], info).numpy()[:, :MAX_MOTION_LENGTH]
+        except ConfigError as exc:
+            raise DataError(f"{self.path}: {exc}") from None
+        lengths = info.get("lengths", np.full(len(self.features), self.features.shape[1]))
+        self.lengths = np.minimum(lengths, self.features.shape[1]).tolist()
+        self.captions = [caption_tokens(str(line)) for line in info["captions"]] if "captions" in info else None
+
+    def __len__(self):
+        return len(self.features)
+
+    def batches(self, size: int):
+        for start in range(0, len(self), size):
+            rows = slice(start, start + size)
+            captions = None if self.captions is None else self.captions[rows]
+            yield MotionBatch(self.features[rows], self.lengths[rows], captions)
+
+    def statistics(self) -> dict:
+        return {}
+
+
 def read_samples(path: Path):
     """The ``read_samples`` of the motion modality."""
-    return MotionFolder(path) if Path(path).is_dir() else StatisticsFile(path)
+    if Path(path).is_dir():
+        return MotionFolder(path)
+    return PreviewMotions(path) if npz_samples_key(path) == "samples" else StatisticsFile(path)
 
 
 def conditions(values: list[str], config: dict, num_classes: int):

@@ -2,9 +2,10 @@
 
 Items are ``(clip float32 (channels, frames, height, width) in [-1, 1], label)``.
 Video files are read with decord (``decord.VideoReader``, random access with
-``get_batch``): its PyPI wheel (0.6.0) covers Python <= 3.11 on x86-64 Linux;
-``eva-decord`` is a maintained fork that installs the same ``decord`` module for
-newer Pythons.
+``get_batch``), installed from ``eva-decord``: decord 0.6.0 rebuilt, the same ``decord``
+module, with wheels for x86-64 Linux and Windows and (Python <= 3.11) macOS. A file that
+decord cannot decode but PyAV can (decord fails on frames 8, 16, 24 or 48 pixels wide,
+among others) is read with PyAV, from its start.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -58,9 +60,42 @@ def _reader(path: Path):
         raise DataError(f"cannot open video file {path}: {str(exc).splitlines()[0][:200]}") from None
 
 
-def probe(path: Path, need: int) -> tuple[int, float]:
+def decord_frames(path: Path, indices: list[int]) -> np.ndarray:
+    """Frames ``indices`` of ``path`` as (T, H, W, 3) uint8 RGB, read with decord."""
+    return _reader(path).get_batch(indices).asnumpy()
+
+
+def pyav_frames(path: Path, indices: list[int]) -> np.ndarray:
+    """Frames ``indices`` (ascending) of ``path`` as (T, H, W, 3) uint8 RGB, decoded with PyAV from the start."""
+    import av
+
+    wanted, frames = set(indices), {}
+    with av.open(str(path)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i in wanted:
+                frames[i] = frame.to_ndarray(format="rgb24")
+            if i >= indices[-1]:
+                break
+    if len(frames) < len(wanted):
+        raise DataError(f"video file {path} ends before frame {min(wanted - frames.keys())}")
+    return np.stack([frames[i] for i in indices])
+
+
+def _decoder(vr, path: Path, n: int) -> Callable:
+    """``decord_frames``, or ``pyav_frames`` where decord cannot decode ``path``'s last frame; an error where
+    neither can (a truncated file whose index survived fails here)."""
+    try:
+        vr.get_batch([n - 1])
+        return decord_frames
+    except Exception:  # decord raises DECORDError, e.g. "DECORDArrayCopyFromTo: The size must exactly match"
+        pyav_frames(path, [n - 1])
+        return pyav_frames
+
+
+def probe(path: Path, need: int) -> tuple[int, float, Callable]:
     """Open ``path`` and check it: frames, at least ``need`` of them, a decodable last frame, a constant
-    frame rate (from the frame timestamps). Returns (frames, fps); DataError naming the file otherwise."""
+    frame rate (from the frame timestamps). Returns (frames, fps, the function that decodes its frames:
+    ``decord_frames`` or ``pyav_frames``); DataError naming the file otherwise."""
     vr = _reader(path)
     n = len(vr)
     if n == 0:
@@ -69,7 +104,7 @@ def probe(path: Path, need: int) -> tuple[int, float]:
         raise DataError(f"video file {path} is too short: {n} frames; the clip needs {need} (frames x stride)")
     try:
         starts = vr.get_frame_timestamp(range(n))[:, 0]
-        vr[n - 1]  # a truncated file whose index survived fails here
+        decode = _decoder(vr, path, n)
     except Exception as exc:
         raise DataError(f"video file {path} is truncated or corrupt: {str(exc).splitlines()[0][:200]}") from None
     steps = np.diff(starts)
@@ -78,8 +113,8 @@ def probe(path: Path, need: int) -> tuple[int, float]:
         if median <= 0 or np.abs(steps - median).max() > VFR_TOLERANCE * median:
             raise DataError(f"video file {path} has a variable frame rate (frame intervals "
                             f"{steps.min():.4f} to {steps.max():.4f} s); re-encode it at a constant rate")
-        return n, 1.0 / median
-    return n, float(vr.get_avg_fps())
+        return n, 1.0 / median, decode
+    return n, float(vr.get_avg_fps()), decode
 
 
 def resize_crop(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -141,11 +176,11 @@ class VideoFolderDataset(SkipsBadItems, _Clips):
             self.classes, items = None, [(f, 0) for f in video_files(self.root)]
         self.num_classes = len(self.classes) if self.classes else 0
         self.items = self._checked(items)
-        rates = [round(fps, 3) for *_, fps in self.items]
+        rates = [round(fps, 3) for _, _, _, fps, _ in self.items]
         self.fps = max(set(rates), key=rates.count) / stride
         self.sample_shape = (channels, frames, size, size)
 
-    def _checked(self, items) -> list[tuple[Path, int, int, float]]:
+    def _checked(self, items) -> list[tuple[Path, int, int, float, Callable]]:
         good, bad = [], []
         for path, label in items:
             try:
@@ -173,11 +208,11 @@ class VideoFolderDataset(SkipsBadItems, _Clips):
         return self._clip(i), self.items[i][1]
 
     def _clip(self, i: int) -> torch.Tensor:
-        path, _, n, _ = self.items[i]
+        path, _, n, _, decode = self.items[i]
         span = (self.frames - 1) * self.stride + 1
         start = int(torch.randint(n - span + 1, ()))
         try:
-            frames = _reader(path).get_batch(list(range(start, start + span, self.stride))).asnumpy()
+            frames = decode(path, list(range(start, start + span, self.stride)))
         except DataError:
             raise
         except Exception as exc:

@@ -2,7 +2,8 @@
 
 A folder of videos (the first ``FRAMES`` frames of each, RGB at its own size, decoded with
 PyAV; the evaluator resizes), or a sample set's ``samples.npz`` (``arr_0``: float clips (N, C, T, H, W) in [-1, 1],
-as ``layersync-sample`` writes them), or an ``.npz`` of stored statistics (``mu_i3d``, ...).
+as ``layersync-sample`` writes them; a preview's ``.npz`` holds the same as ``samples``), or an ``.npz`` of stored
+statistics (``mu_i3d``, ...).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from layersync.errors import DataError
+from layersync.interfaces import SAMPLE_KEYS
 
 FRAMES = 16  # StyleGAN-V's fvd2048_16f
 EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv")
@@ -60,20 +62,21 @@ class VideoFiles:
 
 
 class ClipArchive:
-    """A sample set's float clips, or stored statistics only."""
+    """A sample set's or a preview's float clips, or stored statistics only."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         try:
             with np.load(self.path, allow_pickle=False) as archive:
                 self.stats = {k: archive[k] for k in archive.files if k.startswith(("mu", "sigma"))}
-                clips = archive["arr_0"] if "arr_0" in archive.files else None
+                key = next((k for k in SAMPLE_KEYS if k in archive.files), None)
+                clips = archive[key] if key else None
         except (OSError, ValueError) as exc:
             raise DataError(f"{self.path} is not a readable .npz ({exc})") from None
         if clips is None and not self.stats:
-            raise DataError(f"{self.path} holds neither arr_0 (clips) nor mu/sigma statistics")
+            raise DataError(f"{self.path} holds no clips ({' or '.join(SAMPLE_KEYS)}) and no mu/sigma statistics")
         if clips is not None and (clips.ndim != 5 or clips.dtype.kind not in "fu"):
-            raise DataError(f"{self.path}: arr_0 is {clips.dtype} of shape {clips.shape}; expected clips "
+            raise DataError(f"{self.path}: {key} is {clips.dtype} of shape {clips.shape}; expected clips "
                             "(N, C, T, H, W), float in [-1, 1] or uint8")
         self.clips = clips if clips is not None else np.zeros((0, 3, FRAMES, 1, 1), np.float32)
 

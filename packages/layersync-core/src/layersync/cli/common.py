@@ -10,6 +10,7 @@ import sys
 from functools import wraps
 
 from layersync.errors import ConfigError, DataError, NonFiniteError
+from layersync.schema import SEED_MAX
 
 BAD_INPUT = (ConfigError, DataError, FileNotFoundError)
 # errno values that only writing gives (a file error with another errno may come from reading)
@@ -93,6 +94,17 @@ def choice(**table):
             raise argparse.ArgumentTypeError(f"expected one of {', '.join(table)}, got '{value}'") from None
 
     return convert
+
+
+def seed(text: str) -> int:
+    """An argparse type: a seed from 0 to SEED_MAX (what the config's seed may be)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {SEED_MAX}, got {text}")
+    return value
 
 
 def sit_size(value: str) -> str:

@@ -1,8 +1,10 @@
 """layersync-eval: the metrics a modality's field reports, on a sample set against a reference.
 
 The modality reads both (image: an ADM-format .npz or a folder of images; audio: a
-folder of audio files or a sample set's .npz) and names the evaluators it runs by
-default (image: FID, sFID, IS, precision, recall; audio: FAD on VGGish and CLAP).
+folder of audio files or a sample set's .npz); the .npz of a preview
+(``layersync-sample --out STEM``) reads as a sample set of its samples. The modality
+names the evaluators it runs by default (image: FID, sFID, IS, precision, recall;
+audio: FAD on VGGish and CLAP).
 Reference statistics stored with the reference (e.g. ``mu``/``sigma`` in ADM's
 reference batches) replace those of its items; --save-ref-stats writes them.
 """

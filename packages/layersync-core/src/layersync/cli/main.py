@@ -31,6 +31,7 @@ def describe(info, verbose: bool = False) -> str:
 
 
 def list_weights(reg) -> None:
+    weights_dir()  # a file where the folder should be: one error, not every weight MISSING
     for name in reg.names("weights"):
         weight = reg.get("weights", name)
         try:
@@ -61,7 +62,8 @@ def main(argv=None):
     plugins = sub.add_parser("plugins", help="list discovered plugins, their versions and what they contribute")
     plugins.add_argument("-v", "--verbose", action="store_true",
                          help="also each plugin's distribution, module, plugin API and hook implementations")
-    sub.add_parser("weights", help=f"list the published weight files plugins need and whether they are in {weights_dir()}")
+    sub.add_parser("weights", help="list the published weight files plugins need and whether they are in the weights "
+                                   "folder ($LAYERSYNC_WEIGHTS_DIR, default ~/.cache/layersync/weights)")
     fetch_parser = sub.add_parser("fetch", help="download a listed weight file (needs internet) and verify it")
     fetch_parser.add_argument("name")
     check_plugin.configure(sub.add_parser("check-plugin", help="build and exercise every piece a plugin provides"))

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from layersync import build
+from layersync.cli.common import seed
 from layersync.errors import ConfigError
 from layersync.files import atomic, write_json
 from layersync.plugins import registry
@@ -33,7 +34,7 @@ def configure(parser, suggest: bool = False) -> None:
     parser.add_argument("--n", type=int, default=512, help="items to probe (default 512), half fit, half scored")
     parser.add_argument("--t", type=float, default=0.5, help="the noise level (default 0.5; 1 is clean data)")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     if not suggest:
         parser.add_argument("--out", default="probe", help="the folder for probe.json and probe.png (default ./probe)")

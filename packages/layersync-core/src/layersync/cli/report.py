@@ -1,9 +1,10 @@
 """layersync report RUN [RUN...] [--out DIR]: one Markdown page that compares training runs.
 
-Writes DIR/report.md with, beside it, curves.png (every run's loss terms overlaid, one line per run and term)
-and a copy of each run's latest preview (samples_N.png or .gif); the page also has a table of the last
-losses, the config keys on which the runs differ (every key for one run), and the numbers of
-``layersync-eval --out RUN/metrics.json`` where a run has that file.
+Writes DIR/report.md (default: RUN/report/ in the first run's folder) with, beside it, curves.png (every
+run's loss terms overlaid, one line per run and term) and a copy of each run's latest preview (samples_N.png
+or .gif); the page also has a table of each run's newest checkpoint and last losses, the config keys on which
+the runs differ (every key for one run), and the numbers of ``layersync-eval --out RUN/metrics.json`` where a
+run has that file.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from layersync.config import flatten, read_yaml
 from layersync.errors import ConfigError
 from layersync.files import atomic
 from layersync.schema import show
+from layersync.train import checkpoint
 
 HELP = "compare training runs: loss curves overlaid, config differences, latest samples, eval results (report.md)"
 LAST = 10  # the last losses: a mean over this many log records
@@ -27,7 +29,7 @@ PREVIEWS = (".png", ".gif")  # preview files a Markdown page shows
 
 def configure(parser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders (the --out of layersync-train)")
-    parser.add_argument("--out", default="report", help="the folder for report.md and its images (default ./report)")
+    parser.add_argument("--out", help="the folder for report.md and its images (default: RUN/report in the first run)")
 
 
 def load(path: Path) -> dict:
@@ -43,10 +45,12 @@ def load(path: Path) -> dict:
         raise ConfigError(f"{metrics} holds no log record yet")
     previews = sorted(p for p in (path / "samples").glob("step_*") if p.suffix in PREVIEWS)
     evaluated = path / "metrics.json"
+    saved = checkpoint.latest(path / "checkpoints")
     return {
         "path": path,
         "records": records,
         "config": flatten(read_yaml(path / "config.yaml")) if (path / "config.yaml").is_file() else {},
+        "checkpoint_step": None if saved is None else checkpoint.step_of(saved),
         "preview": previews[-1] if previews else None,  # names carry the zero-padded step: the last is the newest
         "eval": read_eval(evaluated) if evaluated.is_file() else None,
     }
@@ -74,9 +78,16 @@ def mean_last(records: list[dict], key: str) -> str:
     return f"{statistics.fmean(values):.4f}" if values else "-"
 
 
+def step_cell(run: dict) -> str:
+    """The step of the newest checkpoint, with the last logged step where that differs."""
+    saved, logged = run["checkpoint_step"], run["records"][-1]["step"]
+    return str(saved) if saved == logged else f"{'no checkpoint' if saved is None else saved} (logged: {logged})"
+
+
 def summary(labels: list[str], runs: list[dict]) -> list[str]:
-    return table(["run", "folder", "step", f"flow loss (last {LAST} logs)", "LayerSync term", "samples/s (median)"],
-                 [[label, f"`{run['path']}`", run["records"][-1]["step"], mean_last(run["records"], "flow_loss"),
+    return table(["run", "folder", "checkpoint step", f"flow loss (last {LAST} logs)", "LayerSync term",
+                  "samples/s (median)"],
+                 [[label, f"`{run['path']}`", step_cell(run), mean_last(run["records"], "flow_loss"),
                    mean_last(run["records"], "layersync_loss"),
                    f"{statistics.median(r.get('samples_per_s') or 0 for r in run['records']):.1f}"]
                   for label, run in zip(labels, runs)])
@@ -140,7 +151,7 @@ def write(paths: list[Path], out: Path):
 
 
 def run(args) -> int:
-    out = Path(args.out)
+    out = Path(args.out) if args.out else Path(args.runs[0]) / "report"
     write([Path(p) for p in args.runs], out)
     print(f"wrote {out / 'report.md'}")
     return 0

@@ -45,12 +45,13 @@ from tqdm import tqdm
 
 from layersync import build, trees
 from layersync import config as configuration
-from layersync.cli.common import Parser, choice, entry_point, sit_size
+from layersync.cli.common import Parser, choice, entry_point, seed, sit_size
 from layersync.errors import ConfigError, DataError, NonFiniteError
-from layersync.files import atomic, write_json
-from layersync.interfaces import Modality, sample_info
+from layersync.files import atomic, discard_unfinished, write_json
+from layersync.interfaces import Modality, condition_pool, sample_info, save_samples
 from layersync.plugins import registry
 from layersync.sampling import DIFFUSION_FORMS, LAST_STEPS, CompiledModel, Sampler, seeded_samples
+from layersync.schema import show
 from layersync.train import checkpoint, distributed
 from layersync.train.trainer import fast_defaults
 
@@ -64,13 +65,6 @@ def count(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def seed(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
     return value
 
 
@@ -242,15 +236,19 @@ def load_model(args, device: torch.device) -> Model:
         raise ConfigError(str(exc)) from None
     config = sample_config(state["config"], args)
     reg = registry()
+    modality = build.modality(reg, config)
+    dims = config["model"].get("cond_dims")
+    if dims and modality.conditions is None:  # class labels would reach a model that takes vectors
+        raise ConfigError(f"{path}: the model takes vector conditions (model.cond_dims: {', '.join(dims)}), but "
+                          f"modality '{modality.name}' defines no conditions(values, config, num_classes) to make "
+                          "them: layersync-sample has only class labels to give it")
     backbone = build.backbone(reg, config, state["input_shape"], state["num_classes"])
     backbone.load_state_dict(state["model" if args.raw else "ema"])
     tokenizer = build.tokenizer(reg, config)
-    modality = build.modality(reg, config)
     info = {**state.get("sample_info", {}), **sample_info(tokenizer)}
     pool = None
     if modality.conditions is not None:  # e.g. texts through a text encoder, with lengths
-        cond, mask, *facts = modality.conditions(args.cond or [], config, int(state["num_classes"]))
-        pool = (cond, mask, facts[0] if facts else {})
+        pool = condition_pool(modality, args.cond or [], config, int(state["num_classes"]))
     fast_defaults(device)
     sampler = build.sampler(config, build.objective(config))
     return Model(path, int(state["step"]), config, modality, compiled_for(sampler, backbone.to(device).eval(),
@@ -306,7 +304,7 @@ def preview(model: Model, args, out: Path) -> None:
     with tqdm(total=n, unit="sample", desc="sampling") as bar:
         x = torch.cat([model.draw(s, labels[s:s + args.batch], args.seed, bar) for s in range(0, n, args.batch)])
     info = model.sample_info(labels)
-    picture = model.modality.save_samples(x, out, info)
+    picture = save_samples(model.modality, x, out, info)
     with atomic(out.with_suffix(".npz")) as tmp, open(tmp, "wb") as f:
         np.savez(f, samples=x.numpy(), cond=labels, **info)
     log.info("%d samples from %s (step %d): %s, %s", n, model.path, model.step, picture, out.with_suffix(".npz"))
@@ -340,11 +338,14 @@ def check_manifest(folder: Path, manifest: dict) -> bool:
         return False
     try:
         there = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # not JSON, or not UTF-8
         raise DataError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(there, dict):
+        raise DataError(f"{path} holds a JSON {type(there).__name__}, not the mapping layersync-sample writes; "
+                        "use another --out or delete that folder")
     if there != manifest:
         flat_here, flat_there = configuration.flatten(manifest), configuration.flatten(there)
-        diff = [f"{k}: {flat_here.get(k)!r} here vs {flat_there.get(k)!r} there"
+        diff = [f"{k}: {show(flat_here.get(k))} here vs {show(flat_there.get(k))} there"
                 for k in sorted(set(flat_here) | set(flat_there)) if flat_here.get(k) != flat_there.get(k)]
         raise ConfigError(f"{folder} holds samples of another run ({'; '.join(diff)}); "
                           "use another --out or delete that folder")
@@ -465,11 +466,10 @@ def assemble(parts_dir: Path, final: Path, labels: np.ndarray, model: Model) -> 
                 with zf.open(f"{key}.npy", "w") as f:
                     np.lib.format.write_array(f, np.asarray(value))
         first = torch.cat(shown)
-        picture = model.modality.save_samples(first, final.with_suffix(""), model.sample_info(labels[: len(first)]))
+        picture = save_samples(model.modality, first, final.with_suffix(""), model.sample_info(labels[: len(first)]))
     for _, _, path in parts:
         path.unlink()
-    for leftover in parts_dir.glob("part_*.npz.tmp"):  # from batches a killed run had begun
-        leftover.unlink()
+    discard_unfinished(parts_dir)  # from batches a killed run had begun
     parts_dir.rmdir()
     log.info("%d samples from %s (step %d): %s, %s", len(labels), model.path, model.step, final, picture)
 
@@ -485,7 +485,8 @@ def main(argv=None):
     try:
         model = load_model(args, env.device)
         if is_sample_set(args.out, model.config["sample"]["num"]):
-            sample_set(model, args, Path(args.out), env)
+            with distributed.writer_lock(Path(args.out), "sample set", env):
+                sample_set(model, args, Path(args.out), env)
         elif env.main:
             log.info("a preview (%s.png, %s.npz of floats); for an ADM sample set give --out a folder ending in /",
                      args.out, args.out)

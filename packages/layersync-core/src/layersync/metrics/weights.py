@@ -31,7 +31,14 @@ class WeightFile:
 
 
 def weights_dir() -> Path:
-    return Path(os.environ.get("LAYERSYNC_WEIGHTS_DIR", Path.home() / ".cache" / "layersync" / "weights"))
+    """``$LAYERSYNC_WEIGHTS_DIR``, else ``~/.cache/layersync/weights``; a MissingWeightsError where that is a file."""
+    variable = os.environ.get("LAYERSYNC_WEIGHTS_DIR")
+    folder = Path(variable) if variable else Path.home() / ".cache" / "layersync" / "weights"
+    if folder.exists() and not folder.is_dir():
+        named = f"LAYERSYNC_WEIGHTS_DIR={folder} names" if variable else f"the default weights folder {folder} is"
+        raise MissingWeightsError(f"{named} a file, not a folder: point LAYERSYNC_WEIGHTS_DIR at the folder that "
+                                  "holds (or will hold) the weights")
+    return folder
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:

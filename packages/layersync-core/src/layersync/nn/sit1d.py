@@ -29,14 +29,26 @@ class VectorEmbedder(nn.Module):
         super().__init__()
         self.proj = nn.ModuleDict({name: nn.Linear(dim, hidden) for name, dim in dims.items()})
 
-    def forward(self, cond: dict) -> torch.Tensor:
+    def check(self, cond) -> None:
+        """``cond`` must be a dict holding every key of ``cond_dims`` (types and keys only: graph-safe)."""
+        if not isinstance(cond, dict):
+            got = f"a tensor of shape {tuple(cond.shape)}" if isinstance(cond, torch.Tensor) else type(cond).__name__
+            raise TypeError(f"SiT-1D with cond_dims takes a dict condition {self.expected()}, got {got} (class labels "
+                            "need a model without cond_dims)")
         missing = sorted(set(self.proj) - set(cond))
         if missing:
-            raise ValueError(f"the condition lacks {', '.join(missing)} (it has {', '.join(sorted(cond)) or 'nothing'})")
+            raise ValueError(f"the condition lacks {', '.join(missing)} (it has "
+                             f"{', '.join(map(str, cond)) or 'nothing'}; cond_dims expects {self.expected()})")
+
+    def expected(self) -> str:
+        return "{" + ", ".join(f"{name}: (B, {layer.in_features})" for name, layer in self.proj.items()) + "}"
+
+    def forward(self, cond: dict) -> torch.Tensor:
+        self.check(cond)
         return sum(layer(cond[name].to(layer.weight.dtype)) for name, layer in self.proj.items())
 
-    @staticmethod
-    def drop(cond: dict, drop: torch.Tensor) -> dict:
+    def drop(self, cond: dict, drop: torch.Tensor) -> dict:
+        self.check(cond)
         return {name: torch.where(drop[:, None], torch.zeros_like(v), v) for name, v in cond.items()}
 
 

@@ -33,7 +33,7 @@ class GlobalBatchSampler(Sampler[int]):
     def __iter__(self):
         epoch, batch = self.position(self.start_step)
         while True:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**64)  # any seed: 64 bits
             order = torch.randperm(self.size, generator=g)
             for b in range(batch, self.batches_per_epoch):
                 start = b * self.global_batch + self.rank * self.local

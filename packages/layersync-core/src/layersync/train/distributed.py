@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -12,6 +15,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from layersync.errors import ConfigError
+from layersync.files import folder_lock
 
 TIMEOUT_ENV = "LAYERSYNC_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600
@@ -151,6 +155,27 @@ def agree_stop(signum: int, env: Dist) -> int:
     flag = torch.tensor([signum], dtype=torch.int64)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=_control_group())
     return int(flag.item())
+
+
+@contextmanager
+def writer_lock(folder: Path, what: str, env: Dist) -> Iterator[None]:
+    """``files.folder_lock`` on process 0 for the block (the other processes write under it); a
+    collective: process 0's refusal is raised on every rank, so none waits for a rank that stopped."""
+    with ExitStack() as held:
+        refused = None
+        if env.main:
+            try:
+                held.enter_context(folder_lock(folder, what))
+            except ConfigError as exc:
+                refused = exc
+        if env.world > 1:
+            message = [None if refused is None else str(refused)]
+            dist.broadcast_object_list(message, src=0, group=_control_group())
+            if message[0] is not None and refused is None:
+                refused = ConfigError(message[0])
+        if refused is not None:
+            raise refused
+        yield
 
 
 def barrier(env: Dist) -> None:

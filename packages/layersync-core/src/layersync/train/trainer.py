@@ -16,7 +16,7 @@ from tqdm import tqdm
 from layersync import build, trees
 from layersync.config import DEFAULTS, dump, flatten
 from layersync.errors import ConfigError, DataError, Interrupted, NonFiniteError
-from layersync.files import atomic
+from layersync.files import atomic, discard_unfinished
 from layersync.interfaces import sample_info
 from layersync.plugins import Registry, registry as default_registry
 from layersync.sampling import derive_seed, seeded_samples
@@ -31,8 +31,9 @@ log = logging.getLogger("layersync")
 
 # Keys that may change when a run is resumed; anything else must match.
 RESUMABLE_KEYS = {
-    "train.steps", "train.log_every", "train.ckpt_every", "train.sample_every", "train.num_workers", "train.device",
-    "train.step_mode", "train.grad_accum", "train.on_nonfinite", "train.keep", "train.keep_every", "train.loggers",
+    "train.steps", "train.log_every", "train.ckpt_every", "train.sample_every", "train.first_sample",
+    "train.num_workers", "train.device", "train.step_mode", "train.grad_accum", "train.on_nonfinite", "train.keep",
+    "train.keep_every", "train.loggers",
 }
 # What a checkpoint must hold to be resumed from (``restore``); one without is set aside as corrupt.
 RESTORE_KEYS = ("step", "config", "model", "ema", "optimizer", "step_generator", "torch_rng")
@@ -71,6 +72,15 @@ def check_resumable(saved: dict, config: dict, out_dir: Path) -> None:
                 f"{out_dir} holds a run with {key}={old.get(key)!r}, this command asks for {new.get(key)!r}: "
                 "resume with the same settings or choose a new --out"
             )
+
+
+def preview_conditions(dataset, num_classes: int, n: int, device):
+    """(cond, mask or None) of n preview samples on ``device``: the data set's own choice (``preview(n)``),
+    else labels cycling through the classes."""
+    if hasattr(dataset, "preview"):
+        cond, mask = dataset.preview(n)
+        return trees.to_device(cond, device), None if mask is None else mask.to(device)
+    return torch.arange(n, device=device) % max(num_classes, 1), None
 
 
 class Trainer:
@@ -194,7 +204,7 @@ class Trainer:
             torch.cuda.set_rng_state_all([s.cpu() for s in cuda_rng])
 
     def prepare_out_dir(self) -> None:
-        """Create the run folder, or check that it holds this same run (the config in its newest readable
+        """Check that the run folder (held by ``fit``) holds this same run (the config in its newest readable
         checkpoint) and resume it. Outputs without a checkpoint: refused, unless ``restart``."""
         if self.restart:
             if self.env.main:
@@ -214,7 +224,7 @@ class Trainer:
             raise ConfigError(f"{self.out} holds the outputs of a run ({', '.join(leftovers)}) but no checkpoint to "
                               "resume from: choose a new --out, or start over with --restart")
         if self.env.main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            discard_unfinished(self.out / "checkpoints")
             self._truncate_metrics()
         distributed.barrier(self.env)
 
@@ -277,14 +287,6 @@ class Trainer:
             with atomic(self.out / "config.yaml") as tmp:  # only now: a run that never saved leaves none
                 tmp.write_text(STARTED + dump(self.config))
 
-    def preview_conditions(self, n: int):
-        """(cond, mask or None) of the preview samples: the data set's own choice (``preview(n)``),
-        else labels cycling through the classes."""
-        if hasattr(self.dataset, "preview"):
-            cond, mask = self.dataset.preview(n)
-            return trees.to_device(cond, self.env.device), None if mask is None else mask.to(self.env.device)
-        return torch.arange(n, device=self.env.device) % max(self.num_classes, 1), None
-
     @torch.no_grad()
     def save_samples(self) -> Path | None:
         ema = self.ema.model
@@ -296,10 +298,13 @@ class Trainer:
                 ema = ema.to(self.env.device).eval()
         if not self.env.main:
             return None
-        cond, mask = self.preview_conditions(self.config["sample"]["num"])
+        cond, mask = preview_conditions(self.dataset, self.num_classes, self.config["sample"]["num"], self.env.device)
         # the same samples at every step (per-sample CPU generators, on any device), the ones that
         # `layersync-sample --ckpt RUN --seed SEED` draws from the EMA weights
-        z = seeded_samples(self.sampler, ema, self.input_shape, cond, self.config["seed"], mask=mask)
+        with tqdm(total=self.sampler.evaluations(), desc=f"preview at step {self.step}", unit="eval", leave=False,
+                  dynamic_ncols=True) as bar:  # one tick per model evaluation (dopri5: no total)
+            z = seeded_samples(self.sampler, ema, self.input_shape, cond, self.config["seed"], mask=mask,
+                               progress=bar.update)
         x = self.tokenizer.decode(z).float().cpu()
         info = {**self.sample_info, **({} if mask is None else {"lengths": mask.sum(-1).tolist()})}
         return self.modality.save_samples(x, self.out / "samples" / f"step_{self.step:07d}", info)
@@ -336,6 +341,12 @@ class Trainer:
 
     # ---- loop --------------------------------------------------------------------
     def fit(self) -> dict:
+        """Train to ``train.steps``, holding the run folder for the whole run: a second command writing to
+        it is refused."""
+        with distributed.writer_lock(self.out, "run folder", self.env):
+            return self._train()
+
+    def _train(self) -> dict:
         cfg = self.config["train"]
         self.on_nonfinite = cfg.get("on_nonfinite", "stop")
         if self.on_nonfinite not in ON_NONFINITE:
@@ -405,7 +416,7 @@ class Trainer:
                 bar.update(1)
                 log_now = self.step % cfg["log_every"] == 0 or self.step == total
                 ckpt_now = self.step % cfg["ckpt_every"] == 0 or self.step == total
-                samples_now = self.step % cfg["sample_every"] == 0 or self.step == total
+                samples_now = self.step % cfg["sample_every"] == 0 or self.step in (cfg["first_sample"], total)
                 if log_now or ckpt_now or samples_now:  # the only host reads of the non-finite flags
                     newly_skipped, terms = self.check_health(step, checked)
                     checked, skipped = self.step, skipped + newly_skipped

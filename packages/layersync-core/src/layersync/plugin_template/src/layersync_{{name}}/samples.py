@@ -13,10 +13,9 @@ import torch
 
 from layersync.errors import DataError
 from layersync.files import atomic
+from layersync.interfaces import SAMPLE_KEYS
 
 from .data import SineWaves
-
-KEYS = ("arr_0", "samples")
 
 
 class SignalSet:
@@ -31,9 +30,9 @@ class SignalSet:
         if not isinstance(archive, np.lib.npyio.NpzFile):
             raise DataError(f"{self.path} is not an .npz")
         with archive:
-            key = next((k for k in KEYS if k in archive.files), None)
+            key = next((k for k in SAMPLE_KEYS if k in archive.files), None)
             if key is None:
-                raise DataError(f"{self.path} holds none of {', '.join(KEYS)} "
+                raise DataError(f"{self.path} holds none of {', '.join(SAMPLE_KEYS)} "
                                 f"(it holds {', '.join(archive.files) or 'nothing'})")
             signals = archive[key]
         if signals.dtype.kind != "f" or signals.ndim not in (2, 3):
