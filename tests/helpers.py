@@ -3,8 +3,10 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 TINY = [
     "--set", "data.image_size=8",
@@ -20,6 +22,16 @@ TINY = [
 
 def tiny_args(out, steps, *extra):
     return ["--plugin", "image", "--out", str(out), "--steps", str(steps), *TINY, *extra]
+
+
+def png_tree(root, n=2, size=8, ext="png"):
+    """An image folder of two classes, a and b, with n random RGB images each."""
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / c / f"{i}.{ext}")
+    return root
 
 
 def read_metrics(out) -> list[dict]:

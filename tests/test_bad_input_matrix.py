@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from PIL import Image
 
-from helpers import TINY, tiny_args, tiny_vae
+from helpers import TINY, png_tree, tiny_args, tiny_vae
 from layersync import config as configuration
 from layersync import files
 from layersync.cli import cache as cache_cli
@@ -44,15 +43,6 @@ VIDEO_FOLDER = "data: {name: videofolder, frames: 4, size: 16, channels: 1, layo
 
 
 # ---- the bad files, once per module ---------------------------------------------------------------
-
-
-def png_tree(root, n=2, size=8, ext="png"):
-    rng = np.random.default_rng(0)
-    for c in ("a", "b"):
-        (root / c).mkdir(parents=True)
-        for i in range(n):
-            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / c / f"{i}.{ext}")
-    return root
 
 
 def wav_tree(root, n=2, rate=16000, seconds=1.0):

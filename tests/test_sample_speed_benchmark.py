@@ -6,7 +6,6 @@ import shutil
 import pytest
 
 from benchmarks import __main__ as entry
-from benchmarks import sample_speed
 
 
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")),

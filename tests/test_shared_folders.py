@@ -13,11 +13,9 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from helpers import tiny_args, tiny_vae
+from helpers import png_tree, tiny_args, tiny_vae
 from layersync import cache, files
 from layersync.cli import cache as cache_cli
 from layersync.cli import sample as sample_cli
@@ -41,15 +39,6 @@ def assert_free(folder) -> None:
     with files.folder_lock(folder, "run folder"):
         pass
     assert not (Path(folder) / files.LOCK).exists()
-
-
-def png_tree(root, per_class=2, size=8):
-    rng = np.random.default_rng(0)
-    for c in ("a", "b"):
-        (root / c).mkdir(parents=True)
-        for i in range(per_class):
-            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
-    return root
 
 
 @pytest.fixture(scope="module")
