@@ -1,7 +1,6 @@
 """model.checkpoint_blocks: the first N blocks (or all) recompute their activations in the backward pass,
 with the same losses and gradients as a step that keeps them."""
 
-import shutil
 
 import pytest
 import torch
@@ -25,8 +24,6 @@ MODELS = {
 }
 # two blocks: less for torch.compile to trace and generate code for
 SIT_2 = (lambda shape: SiT(shape[1], 2, shape[0], hidden=32, depth=2, heads=2, num_classes=10), (4, 8, 8))
-needs_compiler = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")),
-                                    reason="torch.compile on a CPU needs a C++ compiler")
 
 
 def model_for(factory, shape, checkpoint_blocks: int):
@@ -66,7 +63,6 @@ def test_checkpointed_blocks_give_the_same_losses_and_gradients(name, blocks):
         torch.testing.assert_close(grads[key], grad, rtol=1e-6, atol=1e-8, msg=key)
 
 
-@needs_compiler
 def test_checkpointed_blocks_under_torch_compile():
     kept_losses, kept_grads, _ = one_step(*SIT_2, 0, pair=(1, 2))
     losses, grads, _ = one_step(*SIT_2, 1, mode="compile", pair=(1, 2))
@@ -123,7 +119,7 @@ def test_train_and_sample_cli_take_the_key(tmp_path, capsys):
 
 
 def test_the_diffusers_backbone_checkpoints_all_its_blocks_or_none(tmp_path):
-    diffusers = pytest.importorskip("diffusers")
+    import diffusers
     from layersync_diffusers.adapter import build_diffusers
 
     torch.manual_seed(0)

@@ -167,7 +167,6 @@ def running(pid: int) -> bool:
         return False
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists() or not hasattr(os, "mkfifo"), reason="needs /proc and FIFOs")
 def test_sigterm_to_layersync_cache_says_what_it_keeps_and_ends_its_workers(tmp_path, vae):
     data, out = png_tree(tmp_path / "data"), tmp_path / "cache"
     os.mkfifo(data / "b" / "z.png")  # the last item: its DataLoader worker waits in open() for ever
