@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from layersync.errors import DataError
-from layersync.interfaces import SAMPLE_KEYS
+from layersync.interfaces import SAMPLE_KEYS, samples_key
 from layersync_audio.audio_io import AUDIO_EXTENSIONS, Clips, read_audio
 
 STATISTICS = ("mu", "sigma")  # key prefixes of stored reference statistics
@@ -60,7 +60,7 @@ class AudioArchive:
             with np.load(self.path) as archive:
                 self.names = list(archive.files)
                 self.stats = {k: archive[k] for k in self.names if k.startswith(STATISTICS)}
-                self.key = next((k for k in SAMPLE_KEYS if k in self.names), None)
+                self.key = samples_key(self.names)
                 waveforms = archive[self.key] if self.key else None
                 rate = archive["sample_rate"] if "sample_rate" in self.names else None
         except (OSError, ValueError) as exc:

@@ -140,6 +140,11 @@ class Evaluator(Protocol):
 SAMPLE_KEYS = ("arr_0", "samples")
 
 
+def samples_key(names) -> str | None:
+    """Which of ``SAMPLE_KEYS`` is among an .npz's array ``names`` first; None if none."""
+    return next((key for key in SAMPLE_KEYS if key in names), None)
+
+
 def npz_samples_key(path: Path) -> str | None:
     """Which of ``SAMPLE_KEYS`` the .npz at ``path`` holds first; None if none, or if it is no readable .npz
     (its reader then says what is wrong)."""
@@ -148,7 +153,7 @@ def npz_samples_key(path: Path) -> str | None:
             names = {name.removesuffix(".npy") for name in archive.namelist()}
     except (OSError, zipfile.BadZipFile):
         return None
-    return next((key for key in SAMPLE_KEYS if key in names), None)
+    return samples_key(names)
 
 
 @runtime_checkable

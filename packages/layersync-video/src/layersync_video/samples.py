@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from layersync.errors import DataError
-from layersync.interfaces import SAMPLE_KEYS
+from layersync.interfaces import SAMPLE_KEYS, samples_key
 
 FRAMES = 16  # StyleGAN-V's fvd2048_16f
 EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv")
@@ -69,7 +69,7 @@ class ClipArchive:
         try:
             with np.load(self.path, allow_pickle=False) as archive:
                 self.stats = {k: archive[k] for k in archive.files if k.startswith(("mu", "sigma"))}
-                key = next((k for k in SAMPLE_KEYS if k in archive.files), None)
+                key = samples_key(archive.files)
                 clips = archive[key] if key else None
         except (OSError, ValueError) as exc:
             raise DataError(f"{self.path} is not a readable .npz ({exc})") from None

@@ -13,7 +13,7 @@ import torch
 
 from layersync.errors import DataError
 from layersync.files import atomic
-from layersync.interfaces import SAMPLE_KEYS
+from layersync.interfaces import SAMPLE_KEYS, samples_key
 
 from .data import SineWaves
 
@@ -30,7 +30,7 @@ class SignalSet:
         if not isinstance(archive, np.lib.npyio.NpzFile):
             raise DataError(f"{self.path} is not an .npz")
         with archive:
-            key = next((k for k in SAMPLE_KEYS if k in archive.files), None)
+            key = samples_key(archive.files)
             if key is None:
                 raise DataError(f"{self.path} holds none of {', '.join(SAMPLE_KEYS)} "
                                 f"(it holds {', '.join(archive.files) or 'nothing'})")
