@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from layersync.train.distributed import pick_device
+from layersync.distributed import pick_device
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 

@@ -280,7 +280,7 @@ class Inspector:
         return self.cache[key]
 
     def __call__(self, run: Path) -> Folder:
-        from layersync.train import checkpoint
+        from layersync import checkpoint
 
         folder = run / "checkpoints"
         names = sorted(os.listdir(folder)) if folder.is_dir() else []

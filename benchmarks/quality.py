@@ -44,7 +44,7 @@ from layersync.cli import report
 from layersync.plugins import registry
 from layersync.probe import paper_pair, suggest_pair
 from layersync.sampling import seeded_samples
-from layersync.train import checkpoint
+from layersync import checkpoint
 
 MODALITIES = ("image", "audio", "video", "motion")
 # real_rows: rows of real data for the metric (None: every item); sample_steps: the sampler's steps

@@ -32,7 +32,7 @@ from layersync.cli import train as train_cli
 from layersync.errors import ConfigError, DataError, WriteError
 from layersync.metrics import MissingWeightsError, WeightFile, resolve_weights
 from layersync.objective import LayerSync
-from layersync.train import checkpoint
+from layersync import checkpoint
 from test_motion_data import caption, humanml_tree
 from test_video_data import write_video
 

@@ -10,7 +10,7 @@ from layersync import FlowObjective, Sampler, SamplerConfig
 from layersync.cli import sample, train
 from layersync.nn import build_sit1d
 from layersync.sampling import CompiledModel, seeded_samples
-from layersync.train import checkpoint
+from layersync import checkpoint
 from layersync_image.sit import build_sit
 
 SHAPE, CLASSES = (1, 8, 8), 10

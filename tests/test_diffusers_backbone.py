@@ -13,7 +13,7 @@ from layersync.config import DEFAULTS, load
 from layersync.errors import ConfigError
 from layersync.objective import FlowObjective, LayerSync
 from layersync.paths import LinearPath
-from layersync.train import checkpoint
+from layersync import checkpoint
 from layersync_diffusers.adapter import build_diffusers
 
 diffusers = pytest.importorskip("diffusers")

@@ -7,7 +7,7 @@ import sys
 import torch
 
 from helpers import read_metrics, tiny_args
-from layersync.train import checkpoint
+from layersync import checkpoint
 
 
 def test_two_gloo_ranks_match_one_process(tmp_path):

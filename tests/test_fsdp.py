@@ -10,7 +10,7 @@ import time
 import torch
 
 from helpers import read_metrics, tiny_args
-from layersync.train import checkpoint
+from layersync import checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 FSDP = ("--set", "train.parallel=fsdp")
@@ -64,7 +64,7 @@ def test_fsdp_matches_ddp_and_resumes_at_another_world_size(tmp_path):
 
 STALL = """
 import os, time
-from layersync.train import distributed
+from layersync import distributed
 env = distributed.setup("cpu")
 if env.rank == 1:
     time.sleep(60)  # alive but never joins

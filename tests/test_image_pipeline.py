@@ -11,7 +11,7 @@ from PIL import Image
 from helpers import read_metrics, tiny_vae
 from layersync.cli import cache, sample, train
 from layersync.cli import eval as evaluate
-from layersync.train import checkpoint
+from layersync import checkpoint
 from test_image_eval import random_inception_file, weight_for
 
 RECIPE = Path(__file__).resolve().parents[1] / "packages/layersync-image/src/layersync_image/recipes/sit_b2.yaml"

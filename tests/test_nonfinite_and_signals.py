@@ -17,7 +17,7 @@ from layersync import FlowObjective, LayerSync
 from layersync.cli import sample, train
 from layersync.cli.common import entry_point
 from layersync.errors import Interrupted, NonFiniteError
-from layersync.train import checkpoint
+from layersync import checkpoint
 from layersync.train.ema import EMA
 from layersync.train.modes import CapturedStep
 from layersync.train.optim import build_optimizer

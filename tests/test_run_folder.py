@@ -8,7 +8,7 @@ import torch
 from helpers import error_line, read_metrics, tiny_args
 from layersync.cli import train
 from layersync.config import read_yaml
-from layersync.train import checkpoint
+from layersync import checkpoint
 
 
 @pytest.fixture(scope="module")

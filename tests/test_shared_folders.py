@@ -21,7 +21,7 @@ from layersync.cli import cache as cache_cli
 from layersync.cli import sample as sample_cli
 from layersync.cli import train as train_cli
 from layersync.errors import ConfigError
-from layersync.train import checkpoint
+from layersync import checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

@@ -5,7 +5,8 @@ import torch
 
 from helpers import read_metrics, tiny_args
 from layersync.cli import sample, train
-from layersync.train import checkpoint, trainer
+from layersync import checkpoint
+from layersync.train import trainer
 from layersync.train.optim import build_optimizer, load_optimizer_state
 
 KEYS = ("loss", "flow_loss", "layersync_loss")

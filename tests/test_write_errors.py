@@ -13,7 +13,7 @@ from helpers import error_line, tiny_args
 from layersync import files
 from layersync.cli import train
 from layersync.errors import WriteError
-from layersync.train import checkpoint
+from layersync import checkpoint
 
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 

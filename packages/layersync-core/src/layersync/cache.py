@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from layersync.errors import ConfigError, DataError, Interrupted
 from layersync.files import atomic, discard_unfinished, write_json
-from layersync.train import distributed
+from layersync import distributed
 
 log = logging.getLogger("layersync")
 

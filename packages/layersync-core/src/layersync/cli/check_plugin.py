@@ -19,7 +19,7 @@ def configure(parser) -> None:
 
 def run(args) -> int:
     from layersync.check import check_plugin, exit_code, table
-    from layersync.train.distributed import pick_device
+    from layersync.distributed import pick_device
 
     try:
         results = check_plugin(args.name, device=pick_device(args.device))

@@ -22,7 +22,7 @@ from layersync.cli.common import Parser, entry_point
 from layersync.errors import ConfigError, DataError
 from layersync.files import atomic, write_json
 from layersync.plugins import registry
-from layersync.train.distributed import pick_device
+from layersync.distributed import pick_device
 
 log = logging.getLogger("layersync")
 

@@ -19,8 +19,8 @@ from layersync.errors import ConfigError
 from layersync.files import atomic, write_json
 from layersync.plugins import registry
 from layersync.probe import paper_pair, profile, suggest_pair
-from layersync.train import checkpoint
-from layersync.train.distributed import pick_device
+from layersync import checkpoint
+from layersync.distributed import pick_device
 
 HELP = "linear-probe accuracy and CKA of every block of a checkpoint's EMA model"
 SUGGEST_HELP = "recommend a LayerSync pair (--layersync K:K2) from a checkpoint's probe profile"

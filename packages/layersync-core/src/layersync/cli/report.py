@@ -20,7 +20,7 @@ from layersync.config import flatten, read_yaml
 from layersync.errors import ConfigError
 from layersync.files import atomic
 from layersync.schema import show
-from layersync.train import checkpoint
+from layersync import checkpoint
 
 HELP = "compare training runs: loss curves overlaid, config differences, latest samples, eval results (report.md)"
 LAST = 10  # the last losses: a mean over this many log records

@@ -52,7 +52,7 @@ from layersync.interfaces import Modality, condition_pool, sample_info, save_sam
 from layersync.plugins import registry
 from layersync.sampling import DIFFUSION_FORMS, LAST_STEPS, CompiledModel, Sampler, seeded_samples
 from layersync.schema import show
-from layersync.train import checkpoint, distributed
+from layersync import checkpoint, distributed
 from layersync.train.trainer import fast_defaults
 
 log = logging.getLogger("layersync")

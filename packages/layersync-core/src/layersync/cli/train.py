@@ -195,7 +195,7 @@ def main(argv=None):
     args = parser().parse_args(argv)
     reg = registry()
     config = resolve(args, reg)
-    from layersync.train import distributed
+    from layersync import distributed
     from layersync.train.trainer import Trainer
 
     trainer = Trainer(config, Path(args.out), reg, restart=args.restart)

@@ -20,7 +20,8 @@ from layersync.files import atomic, discard_unfinished
 from layersync.interfaces import sample_info
 from layersync.plugins import Registry, registry as default_registry
 from layersync.sampling import derive_seed, seeded_samples
-from layersync.train import checkpoint, distributed, loggers
+from layersync import checkpoint, distributed
+from layersync.train import loggers
 from layersync.train.data import make_loader
 from layersync.train.ema import EMA
 from layersync.train.modes import CAPTURED, MODE_MEANINGS, make_step, resolve_mode
