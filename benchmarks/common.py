@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmark suites: machine facts, timing, reports."""
+"""Shared pieces of the benchmark suites: machine facts, timing, reports, the tiny run."""
 
 from __future__ import annotations
 
@@ -16,6 +16,24 @@ import torch
 from layersync.distributed import pick_device
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+# A tiny image run (SiT-T/4 on the bundled digits at 8x8) that trains in seconds on a CPU: the run of
+# the tests (tests/helpers.py) and of the fault and soak suites, as config overrides.
+TINY_RUN = {
+    "data.image_size": 8,
+    "model.size": "T/4",
+    "train.batch_size": 16,
+    "train.log_every": 1,
+    "train.sample_every": 1_000_000,  # samples at the last step only
+    "sample.num": 4,
+    "sample.steps": 2,
+}
+
+
+def set_args(settings: dict) -> list[str]:
+    """The ``--set key=value`` arguments of a CLI for ``settings``."""
+    return [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+
 
 # Dense tensor-core peaks (TFLOP/s, without sparsity) from NVIDIA's datasheets; the first entry
 # whose name is in torch.cuda.get_device_name() wins. "tf32" is the peak of fp32 runs (TF32 on).

@@ -53,20 +53,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import publish, table, target
+from benchmarks.common import TINY_RUN, publish, set_args, table, target
 
-# tests/helpers.py's TINY run, with the data loaded in the training process (fewer processes)
-SETTINGS = {
-    "data.image_size": 8,
-    "model.size": "T/4",
-    "train.batch_size": 16,
-    "train.log_every": 1,
-    "train.sample_every": 100_000,  # samples at the last step only
-    "train.num_workers": 0,
-    "sample.num": 4,
-    "sample.steps": 2,
-    "train.device": "cpu",
-}
+# the tiny run, with the data loaded in the training process (fewer processes)
+SETTINGS = {**TINY_RUN, "train.num_workers": 0, "train.device": "cpu"}
 CKPT = re.compile(r"^step_(\d+)\.pt$")
 RESUMING = re.compile(r"resuming .* from step (\d+)")
 KINDS = ("checkpoint write", "step", "start-up")
@@ -84,8 +74,8 @@ class Attempt:
     note: str = ""
 
 
-class Trainer:
-    """Launches the CLI on a run folder, optionally killing it when a trigger fires."""
+class TrainLauncher:
+    """Launches the training CLI on a run folder, optionally killing it when a trigger fires."""
 
     def __init__(self, work: Path, steps: int, ckpt_every: int, seed: int, timeout_s: float):
         self.work, self.steps, self.ckpt_every, self.seed, self.timeout_s = work, steps, ckpt_every, seed, timeout_s
@@ -95,8 +85,7 @@ class Trainer:
         self.stopped = False
 
     def argv(self, out: Path, seed: int) -> list[str]:
-        sets = [a for key, value in {**SETTINGS, "train.ckpt_every": self.ckpt_every}.items()
-                for a in ("--set", f"{key}={value}")]
+        sets = set_args({**SETTINGS, "train.ckpt_every": self.ckpt_every})
         return [sys.executable, "-m", "layersync.cli.train", "--plugin", "image", "--out", str(out),
                 "--steps", str(self.steps), "--seed", str(seed), *sets]
 
@@ -373,9 +362,9 @@ def make_trigger(plan: Plan, run: Path, resume: int, total: int, every: int, kil
     return AtStartup(delay), f"start-up + {delay:.2f} s"
 
 
-def kill_scenario(trainer: Trainer, work: Path, reference, n: int, rng: random.Random,
+def kill_scenario(launcher: TrainLauncher, work: Path, reference, n: int, rng: random.Random,
                   timing: dict) -> tuple[dict, list]:
-    run, total, every = work / "kill", trainer.steps, trainer.ckpt_every
+    run, total, every = work / "kill", launcher.steps, launcher.ckpt_every
     inspect = Inspector()
     plans = make_plan(n, rng)
     kills, problems, runs = [], [], 0
@@ -387,7 +376,7 @@ def kill_scenario(trainer: Trainer, work: Path, reference, n: int, rng: random.R
         if len(kills) < n and resume < total:
             trigger, aim = make_trigger(plans[len(kills)], run, resume, total, every, n - len(kills), timing)
         before = read_bytes(run / "metrics.jsonl")
-        attempt = trainer.run(run, trigger)
+        attempt = launcher.run(run, trigger)
         runs += 1
         said = resumed_from_log(attempt.log)
         if said is not None and said != resume:
@@ -455,8 +444,8 @@ def unmount(folder: Path) -> None:
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
-def disk_full_scenario(trainer: Trainer, work: Path, reference, ckpt_size: int, resume: bool) -> dict:
-    every, total = trainer.ckpt_every, trainer.steps
+def disk_full_scenario(launcher: TrainLauncher, work: Path, reference, ckpt_size: int, resume: bool) -> dict:
+    every, total = launcher.ckpt_every, launcher.steps
     row = {"scenario": "disk full", "faults": 0, "recovered": "n/a", "steps_lost": "n/a", "mismatches": "n/a",
            "unreadable": "n/a"}
     if total < 2 * every:
@@ -468,7 +457,7 @@ def disk_full_scenario(trainer: Trainer, work: Path, reference, ckpt_size: int, 
         return {**row, "verdict": "NOT RUN", "observed": why}
     try:
         run = mnt / "run"
-        attempt = trainer.run(run)
+        attempt = launcher.run(run)
         text = log_text(attempt.log)
         state = Inspector()(run)
         reached = last_step(read_bytes(run / "metrics.jsonl")) or 0
@@ -483,7 +472,7 @@ def disk_full_scenario(trainer: Trainer, work: Path, reference, ckpt_size: int, 
         if resume and attempt.rc != 0:  # free space, resume: the run must end with the reference's weights
             subprocess.run(["mount", "-o", f"remount,size={(total // every + 3) * ckpt_size + (8 << 20)}",
                             str(mnt)], capture_output=True)
-            again = trainer.run(run)
+            again = launcher.run(run)
             differ, why = mismatches(run, reference, total) if again.rc == 0 else (None, "")
             row.update(recovered=int(again.rc == 0 and differ is not None),
                        mismatches="n/a" if differ is None else differ)
@@ -495,8 +484,8 @@ def disk_full_scenario(trainer: Trainer, work: Path, reference, ckpt_size: int, 
         unmount(mnt)
 
 
-def corrupt_scenario(trainer: Trainer, work: Path, reference_run: Path, reference, how: str, seed: int) -> dict:
-    every, total = trainer.ckpt_every, trainer.steps
+def corrupt_scenario(launcher: TrainLauncher, work: Path, reference_run: Path, reference, how: str, seed: int) -> dict:
+    every, total = launcher.ckpt_every, launcher.steps
     steps = checkpoint_steps(0, total, every)
     row = {"scenario": f"corrupt ({how})", "faults": 0, "recovered": 0, "steps_lost": 0, "mismatches": "n/a",
            "unreadable": "n/a"}
@@ -516,7 +505,7 @@ def corrupt_scenario(trainer: Trainer, work: Path, reference_run: Path, referenc
         os.truncate(path, size // 2)
     else:
         path.write_bytes(random.Random(seed).randbytes(size))
-    attempt = trainer.run(run)
+    attempt = launcher.run(run)
     text = log_text(attempt.log)
     said = resumed_from_log(attempt.log)
     state = Inspector()(run)
@@ -552,22 +541,22 @@ def holder(lock: Path) -> int | None:
         return None
 
 
-def two_writers(trainer: Trainer, run: Path) -> TwoWriters:
+def two_writers(launcher: TrainLauncher, run: Path) -> TwoWriters:
     """The run in ``run``, paused (SIGSTOP) as soon as it holds the folder (its lock file names it) while a
     second run with another seed starts there, then resumed (SIGCONT) to its end."""
-    first, _ = trainer.launch(run)
-    deadline = time.monotonic() + trainer.timeout_s
+    first, _ = launcher.launch(run)
+    deadline = time.monotonic() + launcher.timeout_s
     try:
         while first.poll() is None and holder(run / ".layersync.lock") != first.pid and time.monotonic() < deadline:
             time.sleep(0.005)
         first.send_signal(signal.SIGSTOP)  # busy writing for as long as the second takes
         try:
-            second = trainer.run(run, seed=trainer.seed + 1)
+            second = launcher.run(run, seed=launcher.seed + 1)
         finally:
             first.send_signal(signal.SIGCONT)
-        return TwoWriters(run, first.wait(timeout=trainer.timeout_s), first.pid, second)
+        return TwoWriters(run, first.wait(timeout=launcher.timeout_s), first.pid, second)
     finally:
-        trainer.end(first)
+        launcher.end(first)
 
 
 def two_writers_scenario(found: TwoWriters, reference_run: Path, reference, total: int) -> dict:
@@ -610,7 +599,7 @@ def main(argv=None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="layersync-faults-")) if own else args.workdir
     work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
-    trainer = Trainer(work, steps, every, args.seed, timeout_s=600)
+    launcher = TrainLauncher(work, steps, every, args.seed, timeout_s=600)
     started = time.monotonic()
     rows, kills = [], []
     try:
@@ -618,11 +607,11 @@ def main(argv=None) -> dict:
               "scenario", flush=True)
         ref_run = work / "reference"
         with ThreadPoolExecutor(max_workers=1) as pool:  # on the core the reference run leaves free
-            writers = pool.submit(two_writers, trainer, work / "two-writers")
+            writers = pool.submit(two_writers, launcher, work / "two-writers")
             try:
-                ref = trainer.run(ref_run)
+                ref = launcher.run(ref_run)
             except BaseException:  # Ctrl-C: end the other thread's processes too
-                trainer.stop()
+                launcher.stop()
                 raise
             found_writers = writers.result()
         if ref.rc != 0:
@@ -636,29 +625,29 @@ def main(argv=None) -> dict:
               f"checkpoints of {ckpt_size / 2**20:.1f} MiB", flush=True)
 
         def others() -> list[dict]:  # in a second thread, beside the kill scenario: 2 cores run 2 processes
-            found = [disk_full_scenario(trainer, work, reference, ckpt_size, resume=not args.quick)]
+            found = [disk_full_scenario(launcher, work, reference, ckpt_size, resume=not args.quick)]
             for how in ("truncated",) if args.quick else ("truncated", "random bytes"):
-                found.append(corrupt_scenario(trainer, work, ref_run, reference, how, args.seed))
+                found.append(corrupt_scenario(launcher, work, ref_run, reference, how, args.seed))
             return found
 
         print(f"kill: {n} SIGKILLs, resuming after each; beside it, the disk-full and corrupt scenarios", flush=True)
         with ThreadPoolExecutor(max_workers=1) as pool:
             side = pool.submit(others)
             try:
-                row, kills = kill_scenario(trainer, work, reference, n, rng, timing)
+                row, kills = kill_scenario(launcher, work, reference, n, rng, timing)
             except BaseException:  # Ctrl-C or a bug: end the other thread's process too
-                trainer.stop()
+                launcher.stop()
                 raise
             rows = [row, *side.result(), two_writers_scenario(found_writers, ref_run, reference, steps)]
     finally:
-        trainer.stop()
+        launcher.stop()
         if own and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     wall = time.monotonic() - started
 
     markdown = table(rows, COLUMNS) + (
-        f"\n\n{steps} steps, a checkpoint every {every}, seed {args.seed}; {trainer.count} training processes, "
-        f"{wall:.0f} s ({trainer.process_s:.0f} s of processes). steps_lost: steps trained since the newest "
+        f"\n\n{steps} steps, a checkpoint every {every}, seed {args.seed}; {launcher.count} training processes, "
+        f"{wall:.0f} s ({launcher.process_s:.0f} s of processes). steps_lost: steps trained since the newest "
         "readable checkpoint at each fault (work redone); "
         "mismatches: tensors of the final model and EMA state dicts that differ from the uninterrupted run's; "
         "unreadable: step_*.pt files that torch.load(weights_only=True) cannot read, after each fault.")
@@ -669,7 +658,7 @@ def main(argv=None) -> dict:
     print(markdown)
     config = {**vars(args), "n": n, "steps": steps, "ckpt_every": every, "workdir": None}
     report, path = publish("faults", "cpu", rows, markdown, config=config, targets=verdicts, kills=kills,
-                           processes=trainer.count, wall_s=wall)
+                           processes=launcher.count, wall_s=wall)
     print(f"report: {path}")
     return report
 

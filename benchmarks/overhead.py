@@ -25,7 +25,7 @@ import torch
 
 from benchmarks.common import median, publish, resolve_device, table, target, timed
 from layersync import FlowObjective, LayerSync
-from layersync.config import DEFAULTS
+from layersync.config import defaults
 from layersync.nn import build_sit1d, build_sit3d, parse_size_1d, parse_size_3d
 from layersync.train.ema import EMA
 from layersync.train.modes import CAPTURED, make_step, resolve_mode
@@ -46,7 +46,7 @@ def build_steps(base, variants: dict, device, mode, precision, grad_accum=1) -> 
     training run's: AdamW with a tensor lr, default settings), EMA and generator, so
     that no variant gains from its own memory layout."""
     model = copy.deepcopy(base).to(device).train()
-    opt = build_optimizer(model.parameters(), DEFAULTS["optim"], device, capturable=mode in CAPTURED)
+    opt = build_optimizer(model.parameters(), defaults()["optim"], device, capturable=mode in CAPTURED)
     ema, generator = EMA(model, 0.9999), torch.Generator(device).manual_seed(1)
     return {
         name: make_step(TrainStep(model, FlowObjective(), layersync, opt, ema, cfg_dropout=0.1,

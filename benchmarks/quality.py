@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -82,8 +84,10 @@ def train(modality: str, run: Path, arm_pairs: str, seed: int, args, log: Path) 
     if args.sample_steps:
         command += ["--set", f"sample.steps={args.sample_steps}", "--set", "sample.num=1"]
     began = time.perf_counter()
+    threads = str(max(1, (os.cpu_count() or 1) // args.jobs))  # --jobs runs share the cores
     with open(log, "a") as out:
-        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT)
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT,
+                              env={**os.environ, "OMP_NUM_THREADS": threads})
     if done.returncode != 0:
         raise SystemExit(f"quality: training {run} failed (exit {done.returncode}); see {log}")
     return time.perf_counter() - began
@@ -236,7 +240,8 @@ def summarise(modality: str, arms: dict, scores: dict, args, metric: Metric) -> 
                for arm in arms}
     timed = {arm: statistics.fmean(v) * 1000 / last for arm, v in seconds.items() if v}
     if timed:
-        lines += ["", "Training wall time per 1000 steps (CPU, one run at a time; other work on the machine adds noise): "
+        lines += ["", f"Training wall time per 1000 steps (CPU, {args.jobs} run(s) at a time; other work on the machine "
+                  "adds noise): "
                   + ", ".join(f"{arm} {value:.0f} s" for arm, value in timed.items())]
     return rows, "\n".join(lines) + "\n", curves, speedups
 
@@ -283,17 +288,22 @@ def run_modality(modality: str, args) -> None:
     metric = Metric(base, classifier_steps=args.classifier_steps, rows=args.real_rows)
     arms = choose_arms(modality, base, work, args, scores)
     steps = eval_steps(args)
-    jobs = [(arm, seed) for seed in args.seeds for arm in arms]
-    for arm, seed in tqdm(jobs, desc=f"quality {modality}", unit="run"):
-        name = f"{arm}_s{seed}"
-        run, entry = work / name, scores["runs"].setdefault(name, {"pairs": arms[arm], "scores": {}})
-        seconds = train(modality, run, arms[arm], seed, args, work / "logs" / f"{name}.log")
-        entry["train_s"] = entry.get("train_s", 0.0) + seconds  # summed over resumes
-        for step in steps:
-            if str(step) not in entry["scores"]:
-                entry["scores"][str(step)] = score_checkpoint(run / "checkpoints" / f"step_{step:07d}.pt", metric,
-                                                              args.num)
-        record.write_text(json.dumps(scores, indent=1))
+    names = {f"{arm}_s{seed}": (arm, seed) for seed in args.seeds for arm in arms}
+
+    def train_one(name: str) -> float:
+        arm, seed = names[name]
+        return train(modality, work / name, arms[arm], seed, args, work / "logs" / f"{name}.log")
+
+    with ThreadPoolExecutor(args.jobs) as pool:  # training runs are subprocesses: --jobs of them at a time
+        for name, seconds in tqdm(zip(names, pool.map(train_one, names)), total=len(names),
+                                  desc=f"quality {modality}", unit="run"):
+            entry = scores["runs"].setdefault(name, {"pairs": arms[names[name][0]], "scores": {}})
+            entry["train_s"] = entry.get("train_s", 0.0) + seconds  # summed over resumes
+            for step in steps:
+                if str(step) not in entry["scores"]:
+                    entry["scores"][str(step)] = score_checkpoint(work / name / "checkpoints" / f"step_{step:07d}.pt",
+                                                                  metric, args.num)
+            record.write_text(json.dumps(scores, indent=1))
     rows, markdown, curves, speedups = summarise(modality, arms, scores, args, metric)
     args.out.mkdir(parents=True, exist_ok=True)
     plot(label, arms, scores, args, args.out / f"quality-{label}.png")
@@ -325,6 +335,8 @@ def main(argv=None) -> None:
     p.add_argument("--classifier-steps", type=int, help=f"metric classifier steps (default {FULL['classifier_steps']})")
     p.add_argument("--sample-steps", type=int, help="sampler steps for scoring (default: the recipe's; motion 10)")
     p.add_argument("--probe-n", type=int, help=f"items suggest-pairs probes (default {FULL['probe_n']})")
+    p.add_argument("--jobs", type=int, default=1, help="training runs at a time (default 1; the training wall "
+                   "times it reports count only with 1)")
     p.add_argument("--work", type=Path, default=Path("runs/quality"), help="training runs (default runs/quality)")
     p.add_argument("--out", type=Path, default=RESULTS / "quality", help="reports (default results/quality)")
     args = p.parse_args(argv)

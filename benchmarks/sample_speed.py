@@ -24,7 +24,7 @@ from benchmarks.common import median, publish, resolve_device, table, target, ti
 from benchmarks.overhead import parse_shape
 from layersync import FlowObjective, Sampler, SamplerConfig
 from layersync.sampling import CompiledModel, seeded_samples
-from layersync.train.trainer import fast_defaults
+from layersync.distributed import fast_defaults
 from layersync_image.sit import build_sit
 
 TARGET = 1.5  # compiled vs eager images/s

@@ -55,7 +55,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import publish, table, target
+from benchmarks.common import TINY_RUN, publish, set_args, table, target
 
 try:
     import psutil
@@ -65,15 +65,6 @@ except ImportError:  # the /proc fallback
 MiB = 2**20
 CKPT = re.compile(r"^step_(\d+)\.pt$")
 COLUMNS = ["measurement", "value", "detail", "target", "verdict"]
-# tests/helpers.py's tiny image run, with the loader's workers
-SETTINGS = {
-    "data.image_size": 8,
-    "model.size": "T/4",
-    "train.batch_size": 16,
-    "train.sample_every": 1_000_000,  # samples at the last step only
-    "sample.num": 4,
-    "sample.steps": 2,
-}
 DEFAULT = {"steps": 5000, "log_every": 50, "ckpt_every": 250, "keep": 3, "keep_every": 1000, "warmup": 300,
            "poll": 0.5, "timeout": 3600.0}
 QUICK = {"steps": 300, "log_every": 10, "ckpt_every": 25, "keep": 3, "keep_every": 100, "warmup": 50,
@@ -222,13 +213,13 @@ def expected_checkpoints(steps: int, every: int, keep: int, keep_every: int) -> 
 def train_and_watch(run: Path, cfg: dict, args) -> tuple[int, list[dict], list[dict], float, str]:
     """Launch the trainer, sample it until it exits: (exit code, samples, metrics records, wall
     seconds, note)."""
-    sets = {**SETTINGS, "data.image_size": args.image_size, "model.size": args.size,
+    sets = {**TINY_RUN, "data.image_size": args.image_size, "model.size": args.size,
             "train.batch_size": args.batch, "train.log_every": cfg["log_every"],
             "train.ckpt_every": cfg["ckpt_every"], "train.keep": cfg["keep"], "train.keep_every": cfg["keep_every"],
             "train.num_workers": args.workers, "train.device": args.device}
     argv = [sys.executable, "-m", "layersync.cli.train", "--plugin", "image", "--out", str(run),
             "--steps", str(cfg["steps"]), "--seed", str(args.seed),
-            *[a for key, value in sets.items() for a in ("--set", f"{key}={value}")]]
+            *set_args(sets)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if args.threads > 0:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -450,9 +441,9 @@ def main(argv=None) -> dict:
                    "(default 3600; 300 with --quick)")
     p.add_argument("--workers", type=int, default=2, help="train.num_workers (default 2)")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the trainer (default 1; 0: unset)")
-    p.add_argument("--size", default=SETTINGS["model.size"], help="model.size (default T/4)")
-    p.add_argument("--image-size", type=int, default=SETTINGS["data.image_size"], help="data.image_size (default 8)")
-    p.add_argument("--batch", type=int, default=SETTINGS["train.batch_size"], help="train.batch_size (default 16)")
+    p.add_argument("--size", default=TINY_RUN["model.size"], help="model.size (default T/4)")
+    p.add_argument("--image-size", type=int, default=TINY_RUN["data.image_size"], help="data.image_size (default 8)")
+    p.add_argument("--batch", type=int, default=TINY_RUN["train.batch_size"], help="train.batch_size (default 16)")
     p.add_argument("--device", default="cpu", help="train.device (default cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", type=Path, default=None,

@@ -40,7 +40,7 @@ from benchmarks.common import datasheet_peak, device_name, median, publish, reso
 from benchmarks.overhead import NUM_CLASSES, build_step, calls_before_replay, parse_shape
 from benchmarks.plain_sit import PlainSiT, PlainStep
 from layersync import FlowObjective, LayerSync
-from layersync.config import DEFAULTS
+from layersync.config import defaults
 from layersync.errors import ConfigError
 from layersync.train.modes import STEP_MODES, resolve_mode
 from layersync.train.step import TrainStep
@@ -112,7 +112,7 @@ def plain_step(base, size, shape, layersync, device, precision) -> PlainStep:
     depth, hidden, heads, patch = parse_size(size)
     model = PlainSiT(shape[1], patch, shape[0], hidden, depth, heads, NUM_CLASSES)
     model.load_state_dict(base.state_dict())
-    optim = DEFAULTS["optim"]
+    optim = defaults()["optim"]
     pairs, weight = (layersync.pairs, layersync.weight) if layersync else ([], 0.0)
     return PlainStep(model.to(device), optim["lr"], optim["weight_decay"], pairs, weight, 0.1, 0.9999,
                      torch.Generator(device).manual_seed(1), tuple(optim["betas"]), optim["eps"], precision)

@@ -8,16 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-TINY = [
-    "--set", "data.image_size=8",
-    "--set", "model.size=T/4",
-    "--set", "train.batch_size=16",
-    "--set", "train.log_every=1",
-    "--set", "train.ckpt_every=3",
-    "--set", "train.sample_every=1000",
-    "--set", "sample.num=4",
-    "--set", "sample.steps=2",
-]
+from benchmarks.common import TINY_RUN, set_args
+
+TINY = set_args({**TINY_RUN, "train.ckpt_every": 3})
 
 
 def tiny_args(out, steps, *extra):

@@ -21,7 +21,7 @@ import pytest
 import soundfile
 import torch
 
-from helpers import TINY, png_tree, tiny_args, tiny_vae
+from helpers import TINY, png_tree, tiny_vae
 from layersync import config as configuration
 from layersync import files
 from layersync.cli import cache as cache_cli
@@ -55,7 +55,7 @@ def wav_tree(root, n=2, rate=16000, seconds=1.0):
 
 
 @pytest.fixture(scope="module")
-def bad(tmp_path_factory):
+def bad(tmp_path_factory, tiny_run):
     root = tmp_path_factory.mktemp("bad")
     b = types.SimpleNamespace(root=root)
     b.missing = root / "nope"
@@ -188,10 +188,8 @@ def bad(tmp_path_factory):
     b.cache_no_meta.mkdir()
     (b.cache_no_meta / "shard_00000.safetensors").write_bytes((b.cache / "shard_00000.safetensors").read_bytes())
 
-    # a tiny image run: the checkpoint that sampling reads
-    b.run = root / "run"
-    assert train_cli.main(tiny_args(b.run, 3)) == 0
-    b.ckpt = b.run / "checkpoints" / "step_0000003.pt"
+    # the tiny image run's checkpoint: what sampling reads
+    b.ckpt = tiny_run / "checkpoints" / "step_0000003.pt"
     assert b.ckpt.is_file()
     # a model that takes vector conditions, of a modality that makes none (the image modality has no conditions)
     state = torch.load(b.ckpt, weights_only=False)

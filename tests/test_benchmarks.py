@@ -18,6 +18,7 @@ def reports(folder, suite):
     return [json.loads(p.read_text()) for p in folder.glob(f"{suite}-*.json")]
 
 
+@pytest.mark.slow
 def test_overhead_and_step_speed_write_reports(tmp_path, monkeypatch):
     monkeypatch.setenv("LAYERSYNC_RESULTS", str(tmp_path))
     overhead.main(["--input", "1x8x8", "--batch", "4", "--steps", "2", "--warmup", "1", "--repeats", "1"])
@@ -147,6 +148,7 @@ def test_audio_data_reports_clips_per_second(tmp_path, monkeypatch):
         assert row["clips_per_s"] > 0 and row["audio_s_per_s"] == pytest.approx(row["clips_per_s"] * row["clip_s"])
 
 
+@pytest.mark.slow
 def test_video_attention_reports_both_attentions_per_length(tmp_path, monkeypatch):
     monkeypatch.setenv("LAYERSYNC_RESULTS", str(tmp_path))
     video_attention.main(["--frames", "2,4", "--spatial", "4", "--size", "T/2", "--batch", "1"])

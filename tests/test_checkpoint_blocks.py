@@ -63,6 +63,7 @@ def test_checkpointed_blocks_give_the_same_losses_and_gradients(name, blocks):
         torch.testing.assert_close(grads[key], grad, rtol=1e-6, atol=1e-8, msg=key)
 
 
+@pytest.mark.slow
 def test_checkpointed_blocks_under_torch_compile():
     kept_losses, kept_grads, _ = one_step(*SIT_2, 0, pair=(1, 2))
     losses, grads, _ = one_step(*SIT_2, 1, mode="compile", pair=(1, 2))
@@ -109,6 +110,7 @@ def test_a_backbone_without_checkpointing_is_a_config_error():
         build.set_checkpoint_blocks(Plain(), "plain", "all")
 
 
+@pytest.mark.slow
 def test_train_and_sample_cli_take_the_key(tmp_path, capsys):
     run = tmp_path / "run"
     assert train.main(tiny_args(run, 1, "--set", "model.checkpoint_blocks=all")) == 0

@@ -10,7 +10,7 @@ from layersync import FlowObjective, Sampler, SamplerConfig
 from layersync.cli import sample, train
 from layersync.nn import build_sit1d
 from layersync.sampling import CompiledModel, seeded_samples
-from layersync import checkpoint
+from layersync import checkpoint, sample_set
 from layersync_image.sit import build_sit
 
 SHAPE, CLASSES = (1, 8, 8), 10
@@ -62,6 +62,7 @@ def compiled(model):
     ("sde", "euler", (0.0, 1.0)),
     ("sde", "heun", (0.0, 0.5)),  # unguided steps too: a second input shape
 ])
+@pytest.mark.slow
 def test_compiled_sampler_draws_the_eager_samples(model, compiled, method, solver, interval):
     config = SamplerConfig(method=method, solver=solver, steps=3, cfg_scale=4.0, guidance_interval=interval)
     sampler, cond = Sampler(FlowObjective(), config), torch.tensor([3, 1, 4])
@@ -73,6 +74,7 @@ def test_compiled_sampler_draws_the_eager_samples(model, compiled, method, solve
     torch.testing.assert_close(fast, eager, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_compiled_sampler_takes_dict_conditions_and_masks():
     """Text-like conditions (a dict of tensors) and a mask of valid frames, as the motion models have."""
     torch.manual_seed(0)
@@ -138,12 +140,12 @@ def updates(monkeypatch):
     """The amounts every progress bar of the sample CLI moves by."""
     moves = []
 
-    class Recording(sample.tqdm):
+    class Recording(sample_set.tqdm):
         def update(self, n=1):
             moves.append(n)
             return super().update(n)
 
-    monkeypatch.setattr(sample, "tqdm", Recording)
+    monkeypatch.setattr(sample_set, "tqdm", Recording)
     return moves
 
 
@@ -153,6 +155,7 @@ def preview(run, out, *extra) -> np.ndarray:
         return data["samples"]
 
 
+@pytest.mark.slow
 def test_sample_cli_compiles_on_request_and_shows_progress_per_evaluation(run, tmp_path, caplog, updates):
     sde = ["--mode", "sde", "--sampling-method", "euler", "--steps", "5"]  # 5 evaluations
     with caplog.at_level("INFO", logger="layersync"):
@@ -166,6 +169,7 @@ def test_sample_cli_compiles_on_request_and_shows_progress_per_evaluation(run, t
     assert 0.1 < np.abs(eager).mean() and np.allclose(compiled, eager, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_sample_cli_runs_dopri5_eagerly_in_one_move_per_batch(run, tmp_path, caplog, updates):
     with caplog.at_level("INFO", logger="layersync"):
         preview(run, tmp_path / "dopri5", "--compile", "--set", "sample.solver=dopri5", "--batch", "2")

@@ -138,7 +138,7 @@ def test_check_plugin_reports_the_layout_as_a_warning():
     report = Report()
     config = configuration.load(None, None, ["layersync.pairs=[]"])  # LayerSync on blocks (1, depth)
     batch = Batch(torch.randn(2, 4, 16), torch.tensor([1, 2]))
-    check_backbone(report, "backbone/transposed", transposed(), batch, config, 0.1)
+    check_backbone(report, "backbone/transposed", transposed(), batch, config)
     found = {r.check: (r.status, r.detail) for r in report.results}
     assert found["layout"][0] == "WARN"
     assert found["layout"][1].startswith("block 1's hidden state is not contiguous (shape (2, 8, 32)")
@@ -148,5 +148,5 @@ def test_check_plugin_reports_the_layout_as_a_warning():
     assert exit_code(report.results) == 0
 
     report = Report()
-    check_backbone(report, "backbone/sit1d", BACKBONES["sit1d"][0]((4, 16)), batch, config, 0.1)
+    check_backbone(report, "backbone/sit1d", BACKBONES["sit1d"][0]((4, 16)), batch, config)
     assert {r.check: r.status for r in report.results}["layout"] == "PASS"

@@ -4,10 +4,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from helpers import read_metrics, tiny_args
 from layersync import checkpoint
+
+pytestmark = pytest.mark.distributed
 
 
 def test_two_gloo_ranks_match_one_process(tmp_path):

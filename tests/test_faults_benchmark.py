@@ -4,7 +4,11 @@ run on a run's folder is refused while the first ends as the reference."""
 
 import json
 
+import pytest
+
 from benchmarks import faults
+
+pytestmark = pytest.mark.slow
 
 
 def test_quick_fault_suite(tmp_path, monkeypatch):

@@ -7,10 +7,13 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from helpers import read_metrics, tiny_args
 from layersync import checkpoint
+
+pytestmark = pytest.mark.distributed
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 FSDP = ("--set", "train.parallel=fsdp")

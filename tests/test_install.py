@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 HIDDEN = ("layersync", "_layersync", "__editable__")  # the workspace's packages, lower-case prefixes
 WHEELS = ("layersync-core", "layersync-audio")
 
-pytestmark = pytest.mark.skipif(os.name == "nt", reason="links the torch stack with symlinks")
+pytestmark = [pytest.mark.install,
+              pytest.mark.skipif(os.name == "nt", reason="links the torch stack with symlinks")]
 
 
 def run(argv, timeout=300, **kwargs):

@@ -117,7 +117,7 @@ def test_tree_helpers():
         trees.copy_(buffers, {"text": torch.zeros(2, 2), "extra": {"ids": torch.zeros(3)}})
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (benchmarks/gpu_check.sh runs this)")
+@pytest.mark.gpu
 def test_graph_with_dict_condition_and_mask_matches_eager_on_cuda():
     """The captured step copies a tree of conditions and the mask into its static buffers."""
     mask = masks().cuda()

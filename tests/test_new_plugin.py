@@ -53,6 +53,7 @@ def installed(tmp_path_factory):
     return source, {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
 
 
+@pytest.mark.install
 def test_installed_plugin_trains(installed, tmp_path):
     _, env = installed
     out = tmp_path / "run"
@@ -66,6 +67,7 @@ def test_installed_plugin_trains(installed, tmp_path):
     assert all(math.isfinite(r["loss"]) and math.isfinite(r["layersync_loss"]) for r in records)
 
 
+@pytest.mark.install
 def test_generated_tests_pass(installed):
     source, env = installed
     # check-plugin is a core command of its own; until a core has it, that one test cannot run
@@ -90,6 +92,7 @@ def test_an_existing_folder_is_left_alone(tmp_path):
     assert [p.name for p in (tmp_path / f"layersync-{NAME}").iterdir()] == ["mine.txt"]
 
 
+@pytest.mark.install
 def test_core_wheel_ships_the_template(tmp_path):
     core = Path(new_plugin.__file__).parents[3]
     if not (core / "pyproject.toml").is_file():

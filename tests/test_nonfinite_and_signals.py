@@ -3,6 +3,7 @@ signals: SIGTERM exits 143, SIGINT 130, and under DDP every rank stops at the sa
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -108,7 +109,7 @@ def test_skipping_the_very_first_step_leaves_fresh_adamw_state():
         assert float(state["step"]) == 0 and not state["exp_avg"].any() and not state["exp_avg_sq"].any()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (benchmarks/gpu_check.sh runs this)")
+@pytest.mark.gpu
 def test_captured_step_flags_and_skips_on_replay():
     """Graph mode: the flags and the skip are part of the captured graph (fused AdamW's found_inf)."""
     torch.manual_seed(0)
@@ -138,6 +139,7 @@ def test_captured_step_flags_and_skips_on_replay():
 
 # ---- the CLI: stop with exit 3, skip, the weight, sampling -----------------------------------
 
+@pytest.mark.slow
 def test_diverging_run_stops_with_exit_3_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as info:
@@ -155,6 +157,7 @@ def test_diverging_run_stops_with_exit_3_and_keeps_the_last_good_checkpoint(tmp_
     assert [m["step"] for m in strict_metrics(out)] == list(range(1, stopped))
 
 
+@pytest.mark.slow
 def test_skip_mode_trains_on_and_logs_skipped_steps_as_valid_json(tmp_path):
     out = tmp_path / "run"
     assert train.main(tiny_args(out, 5, "--set", "optim.lr=1e6", "--set", "train.on_nonfinite=skip")) == 0
@@ -180,9 +183,8 @@ def test_layersync_weight_must_be_finite_and_not_negative(tmp_path, capsys, weig
     assert "layersync.weight" in line and weight in line
 
 
-def test_sample_refuses_non_finite_output(tmp_path, capsys):
-    out = tmp_path / "run"
-    train.main(tiny_args(out, 1))
+def test_sample_refuses_non_finite_output(tiny_run, tmp_path, capsys):
+    out = shutil.copytree(tiny_run, tmp_path / "run")
     path = checkpoint.latest(out / "checkpoints")
     state = checkpoint.load(path)
     for key in ("model", "ema"):
@@ -255,6 +257,7 @@ def launch(out, rank=0, world=1, port=0, steps=400):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_sigterm_exits_143_with_a_checkpoint(tmp_path):
     out = tmp_path / "run"
     proc = launch(out)
@@ -266,6 +269,7 @@ def test_sigterm_exits_143_with_a_checkpoint(tmp_path):
     assert checkpoint.latest(out / "checkpoints") is not None
 
 
+@pytest.mark.distributed
 def test_sigterm_to_one_ddp_rank_stops_all_ranks_together(tmp_path):
     """Two gloo ranks, SIGTERM to rank 1 only: both stop at the same step, rank 0 saves, both exit 143."""
     out, port = tmp_path / "run", free_port()

@@ -264,6 +264,8 @@ def test_a_hook_function_without_its_marker_is_a_warning(site, caplog, capsys):
     ("def layersync_modalities():\n    return {'m': {'recipe': 'x.yaml'}}",
      "modality 'm' is dict; expected a layersync.Modality"),
     ("def layersync_datasets():\n    return {'d': 3}", "dataset 'd' is int; expected a factory (a callable)"),
+    ("def layersync_datasets():\n    return {'d': 'pkg.mod'}",
+     "dataset 'd' is str; expected a factory (a callable) or 'module:attribute' naming one"),
     ("def layersync_weights():\n    return {'w': 'http://x'}", "weight 'w' is str; expected a layersync.metrics.WeightFile"),
     ("def layersync_backbones():\n    return {'a:b': dict}", "layersync_backbones() returned the name 'a:b'; expected a non-empty string without ':'"),
 ])
@@ -351,3 +353,72 @@ def test_image_plugin_loads_without_the_evaluator_dependency():
     error, message = out.stdout.splitlines()
     assert error == "None"
     assert "pip install torch-fidelity" in message
+
+
+HEAVY = ("torchaudio", "timm", "scipy", "torchdiffeq", "transformers", "diffusers", "torch_fidelity", "decord", "smplx",
+         "librosa")
+
+
+def test_listing_plugins_imports_no_heavy_dependency():
+    """Factories registered as "module:attribute" are imported on first use, not when plugins are listed."""
+    code = ("import sys; from layersync.plugins import registry; r = registry(); "
+            "print([r.names(c) for c in ('datasets', 'backbones', 'evaluators')][1], r.failures(), "
+            f"sorted(m for m in {HEAVY} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['diffusers', 'sit', 'sit1d', 'sit3d'] {} []"
+
+
+LAZY = HEADER + """
+@hookimpl
+def layersync_datasets():
+    return {"later": "lazy_items:Items", "gone": "no_such_module:Items", "typo": "lazy_items:Itemz"}
+"""
+
+
+def test_a_string_factory_is_imported_on_first_use(site):
+    install(site, "lazy", LAZY)
+    (site / "lazy_items.py").write_text("class Items:\n    def __init__(self, size: int = 2):\n        pass\n")
+    sys.modules.pop("lazy_items", None)
+    reg = Registry()
+    assert by_name(reg)["lazy"].provides == {"datasets": ["gone", "later", "typo"]}
+    assert "lazy_items" not in sys.modules
+    assert reg.get("datasets", "later").__name__ == "Items" and "lazy_items" in sys.modules
+    assert reg.get("datasets", "lazy:later") is reg.get("datasets", "later")
+    with pytest.raises(ConfigError, match="dataset 'later' does not accept these options: .*sise"):
+        build.make(reg, "datasets", "later", sise=3)  # the real signature is checked
+    with pytest.raises(PluginError, match="plugin 'lazy': dataset 'gone' is no_such_module:Items, which failed to "
+                                          "import: ModuleNotFoundError: No module named 'no_such_module'"):
+        reg.get("datasets", "gone")
+    with pytest.raises(PluginError, match="plugin 'lazy': dataset 'typo' is lazy_items:Itemz, which failed to "
+                                          "import: AttributeError"):
+        build.dataset(reg, {"data": {"name": "typo"}})
+
+
+def test_a_misspelled_evaluator_option_is_caught():
+    with pytest.raises(ConfigError, match="evaluator 'fvd-i3d' does not accept these options: .*weigths"):
+        build.make(Registry(), "evaluators", "fvd-i3d", weigths=None, batch=2, device="cpu")
+
+
+FLAGS = HEADER + """
+@hookimpl
+def layersync_add_flags(parser, command):
+    parser.add_argument_group("waveflags flags").add_argument("--wave-size", type=int, help="sets data.image_size")
+@hookimpl
+def layersync_flag_config(args, command):
+    return [("--wave-size", "data.image_size", args.wave_size)] if args.wave_size is not None else []
+"""
+
+
+def test_plugins_add_their_own_flags(site):
+    install(site, "waveflags", FLAGS)  # not "wave": that would shadow the standard library's module
+    reg = Registry()
+    args = train.parser(reg).parse_args(["--plugin", "image", "--out", "x", "--wave-size", "12"])
+    assert train.resolve(args, reg)["data"]["image_size"] == 12
+    args = train.parser(reg).parse_args(["--plugin", "image", "--out", "x", "--wave-size", "12", "--image-size", "8"])
+    with pytest.raises(ConfigError, match="--image-size and --wave-size both set data.image_size"):
+        train.resolve(args, reg)
+    install(site, "clashing", FLAGS.replace("--wave-size", "--image-size"))
+    with pytest.raises(PluginError, match="plugin 'clashing': layersync_add_flags: argument --image-size: "
+                                          "conflicting option string"):
+        train.parser(Registry())

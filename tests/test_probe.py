@@ -43,6 +43,7 @@ def test_probe_reads_a_trivially_encoded_label_and_not_noise():
     assert abs(sum(chance) / len(chance) - 0.2) < 0.06
 
 
+@pytest.mark.slow
 def test_probe_command_on_a_tiny_checkpoint(tmp_path):
     run = tmp_path / "run"
     assert train.main(tiny_args(run, 2)) == 0

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from benchmarks import quality, quality_metric
-from helpers import tiny_args
 from layersync import config as configuration
-from layersync.cli import main, train
+from layersync.cli import main
 from layersync.plugins import registry
 from layersync.probe import paper_pair, suggest_pair
 
@@ -20,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT / "packages/layersync-image/src/layersync_image/recipes/mnist.yaml"
 
 
+@pytest.mark.slow
 def test_real_digits_score_well_and_noise_badly():
     metric = quality_metric.image_metric(0)
     assert len(metric.real.x) == 1797 and metric.heldout_accuracy > 0.9
@@ -104,10 +104,8 @@ def test_speed_up_interpolates_between_checkpoints():
     assert quality.reach([(500, 7.0), (1000, 12.0)], 8.0) is None
 
 
-def test_suggest_pairs_command_on_a_tiny_checkpoint(tmp_path, capsys):
-    run = tmp_path / "run"
-    assert train.main(tiny_args(run, 2)) == 0
-    assert main.main(["suggest-pairs", "--ckpt", str(run), "--n", "64", "--device", "cpu"]) == 0
+def test_suggest_pairs_command_on_a_tiny_checkpoint(tiny_run, capsys):
+    assert main.main(["suggest-pairs", "--ckpt", str(tiny_run), "--n", "64", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     first = out.splitlines()[0]
     assert first.startswith("--layersync ")
@@ -115,10 +113,11 @@ def test_suggest_pairs_command_on_a_tiny_checkpoint(tmp_path, capsys):
     assert 1 <= student < teacher <= 6 and "paper's SiT-XL/2 pair" in out
 
 
+@pytest.mark.slow
 def test_quick_pipeline_for_every_modality(tmp_path):
     def bench(*args):
         command = [sys.executable, "-m", "benchmarks", "quality", "--quick", "--work", str(tmp_path / "work"),
-                   "--out", str(tmp_path / "out"), *args]
+                   "--out", str(tmp_path / "out"), "--jobs", "2", *args]
         return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
     done = bench("--modality", "all")

@@ -233,9 +233,9 @@ def test_paper_recipes_and_their_vanilla_twins(name):
 
 
 def sampling(*flags, config=None):
-    """(sample section, args) after the sampling CLI's flags, over DEFAULTS or ``config``."""
+    """(sample section, args) after the sampling CLI's flags, over the defaults or ``config``."""
     args = sample.parser().parse_args(["--ckpt", "run", "--out", "grid", *flags])
-    config = sample.sample_config(copy.deepcopy(config or configuration.DEFAULTS), args)
+    config = sample.sample_config(copy.deepcopy(config or configuration.defaults()), args)
     return config["sample"], args
 
 
@@ -269,8 +269,8 @@ def test_reference_sampling_flags_set_the_sample_config(flags, want):
 def test_reference_sampling_flags_for_the_run_not_the_config():
     _, args = sampling("--global-seed", "3", "--per-proc-batch-size", "8")
     assert (args.seed, args.batch) == (3, 8)
-    config = {**configuration.DEFAULTS, "model": {"name": "sit", "size": "XL/2"}}
-    assert sampling("--model", "SiT-XL/2", config=config)[0] == configuration.DEFAULTS["sample"]
+    config = {**configuration.defaults(), "model": {"name": "sit", "size": "XL/2"}}
+    assert sampling("--model", "SiT-XL/2", config=config)[0] == configuration.defaults()["sample"]
     with pytest.raises(ConfigError, match="SiT-B/2.*XL/2"):
         sampling("--model", "SiT-B/2", config=config)
 

@@ -6,7 +6,6 @@ float32 for a small random SiT (``meta``: its configuration): the initialisation
 gradient ``grad/*``, a guided forward and ODE samples. Block indices are 1-based block outputs.
 """
 
-import copy
 import json
 import math
 from pathlib import Path
@@ -185,7 +184,7 @@ def test_reference_sampling_flags_reproduce_the_reference_euler_samples(cfg, nam
     """The reference's `sample.py ODE --sampling-method euler --num-sampling-steps 10` through our CLI's config."""
     flags = ["ODE", "--sampling-method", "euler", "--num-sampling-steps", "10", *cfg]
     args = sample_cli.parser().parse_args(["--ckpt", "run", "--out", "grid", *flags])
-    config = sample_cli.sample_config(copy.deepcopy(configuration.DEFAULTS), args)
+    config = sample_cli.sample_config(configuration.defaults(), args)
     assert (config["sample"]["solver"], config["sample"]["steps"]) == ("euler", 9)
     sampler = build.sampler(config, build.objective(config))
     torch.testing.assert_close(sampler(reference_sit(), ref("cfg_z"), ref("cfg_y")), ref(name))

@@ -10,6 +10,8 @@ from layersync.cli import train
 from layersync.config import read_yaml
 from layersync import checkpoint
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):

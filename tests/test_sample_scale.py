@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers import error_line, tiny_args
-from layersync import build
+from layersync import Pipeline, build, sample_set as writer
 from layersync.cli import sample, train
 from layersync.errors import DataError
 from layersync_image.output import to_uint8_nhwc
@@ -50,6 +50,21 @@ def test_to_uint8_nhwc_rounds_like_adm():
     assert out[0, 1, 1].tolist() == [128, 255]  # 127.5 rounds half to even, as torch.round does
 
 
+@pytest.mark.slow
+def test_python_api_draws_what_the_preview_holds(run, tmp_path):
+    sample.main(["--ckpt", str(run), "--out", str(tmp_path / "grid"), "--num", "3", *FAST])
+    pipe = Pipeline.from_checkpoint(run, assignments=["sample.steps=2"])
+    cond = pipe.conditions(pipe.labels(3))
+    items, info = pipe.decode(pipe.sample(cond, seed=0), cond)
+    with np.load(tmp_path / "grid.npz") as data:
+        assert np.array_equal(data["cond"], [0, 1, 2]) and set(data.files) == {"samples", "cond", *info}
+        assert np.array_equal(data["samples"], items.numpy())
+    fresh = Pipeline.from_config(pipe.config)  # new weights, the shape and classes of the run's data set
+    assert (fresh.input_shape, fresh.num_classes) == (pipe.input_shape, CLASSES)
+    assert fresh.decode(fresh.sample(cond), cond)[0].shape == items.shape
+
+
+@pytest.mark.slow
 def test_npz_has_adm_layout_and_balanced_classes(run, tmp_path, uint8_images):
     data = sample_set(run, tmp_path / "set")
     images, labels = data["arr_0"], data["arr_1"]
@@ -64,6 +79,7 @@ def test_npz_has_adm_layout_and_balanced_classes(run, tmp_path, uint8_images):
     assert not np.array_equal(other["arr_1"], labels) and not np.array_equal(other["arr_0"], images)
 
 
+@pytest.mark.slow
 def test_without_to_array_floats_are_kept(run, tmp_path, monkeypatch):
     real = build.modality
     monkeypatch.setattr(build, "modality", lambda reg, config: replace(real(reg, config), to_array=None))
@@ -71,10 +87,11 @@ def test_without_to_array_floats_are_kept(run, tmp_path, monkeypatch):
     assert data["arr_0"].dtype == np.float32 and data["arr_0"].shape == (6, 1, 8, 8)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_file(run, tmp_path, uint8_images, monkeypatch):
     straight = sample_set(run, tmp_path / "straight", "--batch", "4")
     written = []
-    real_write = sample.write_part
+    real_write = writer.write_part
 
     def stop_after_two(folder, start, end, arrays):
         if len(written) == 2:
@@ -82,7 +99,7 @@ def test_interrupted_run_resumes_to_the_same_file(run, tmp_path, uint8_images, m
         written.append((start, end))
         return real_write(folder, start, end, arrays)
 
-    monkeypatch.setattr(sample, "write_part", stop_after_two)
+    monkeypatch.setattr(writer, "write_part", stop_after_two)
     with pytest.raises(SystemExit) as info:
         sample_set(run, tmp_path / "resumed", "--batch", "4")
     assert info.value.code == 130
@@ -91,13 +108,14 @@ def test_interrupted_run_resumes_to_the_same_file(run, tmp_path, uint8_images, m
     assert not (tmp_path / "resumed" / "samples.npz").exists()
 
     written.clear()
-    monkeypatch.setattr(sample, "write_part", lambda *a: written.append(a[1:3]) or real_write(*a))
+    monkeypatch.setattr(writer, "write_part", lambda *a: written.append(a[1:3]) or real_write(*a))
     resumed = sample_set(run, tmp_path / "resumed", "--batch", "4")
     assert written == [(8, 12), (12, 16), (16, 20)]  # only the missing batches were drawn
     for key in ("arr_0", "arr_1"):
         assert np.array_equal(straight[key], resumed[key]), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["ode", "sde"])
 def test_batch_size_does_not_change_samples(run, tmp_path, uint8_images, mode):
     a = sample_set(run, tmp_path / "b3", "--batch", "3", "--mode", mode)
@@ -106,6 +124,7 @@ def test_batch_size_does_not_change_samples(run, tmp_path, uint8_images, mode):
         assert np.array_equal(a[key], b[key]), key
 
 
+@pytest.mark.distributed
 def test_two_gloo_ranks_match_one_process(run, tmp_path):
     args = ["--ckpt", str(run), "-n", str(N), "--batch", "3", *FAST]
     sample.main([*args, "--out", f"{tmp_path}/one/"])
@@ -125,6 +144,7 @@ def refused(argv, capsys) -> str:
     return error_line(sample.main, argv, capsys)
 
 
+@pytest.mark.slow
 def test_other_settings_cannot_resume_into_a_folder(run, tmp_path, capsys, caplog):
     base = ["--ckpt", str(run), "--out", f"{tmp_path}/set/", "--num", "8", *FAST]
     sample.main(base)
@@ -145,12 +165,12 @@ def test_coverage_check_names_gaps_and_overlaps(tmp_path):
     def parts(*ranges):
         return [(a, b, tmp_path / f"part_{a:08d}_{b:08d}.npz") for a, b in ranges]
 
-    sample.check_coverage(parts((0, 4), (4, 6)), 6, tmp_path)
+    writer.check_coverage(parts((0, 4), (4, 6)), 6, tmp_path)
     with pytest.raises(DataError, match="samples 4..5 are missing"):
-        sample.check_coverage(parts((0, 4), (6, 8)), 8, tmp_path)
+        writer.check_coverage(parts((0, 4), (6, 8)), 8, tmp_path)
     with pytest.raises(DataError, match="part_00000003_00000006.npz overlaps"):
-        sample.check_coverage(parts((0, 4), (3, 6)), 6, tmp_path)
+        writer.check_coverage(parts((0, 4), (3, 6)), 6, tmp_path)
     with pytest.raises(DataError, match="samples 6..7 are missing"):
-        sample.check_coverage(parts((0, 6)), 8, tmp_path)
+        writer.check_coverage(parts((0, 6)), 8, tmp_path)
     with pytest.raises(DataError, match="goes past sample 5"):
-        sample.check_coverage(parts((0, 8)), 6, tmp_path)
+        writer.check_coverage(parts((0, 8)), 6, tmp_path)

@@ -6,6 +6,8 @@ import pytest
 
 from benchmarks import __main__ as entry
 
+pytestmark = pytest.mark.slow
+
 
 def test_cpu_smoke_reports_eager_and_compiled_images_per_second(tmp_path, monkeypatch):
     monkeypatch.setenv("LAYERSYNC_RESULTS", str(tmp_path))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers import png_tree, tiny_args, tiny_vae
-from layersync import cache, files
+from layersync import cache, files, sample_set
 from layersync.cli import cache as cache_cli
 from layersync.cli import sample as sample_cli
 from layersync.cli import train as train_cli
@@ -77,6 +77,7 @@ def test_two_writes_of_one_path_use_their_own_temporary_files(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
 
 
+@pytest.mark.slow
 def test_training_holds_its_run_folder(tmp_path, monkeypatch):
     out, told = tmp_path / "run", []
     save = checkpoint.save
@@ -87,11 +88,10 @@ def test_training_holds_its_run_folder(tmp_path, monkeypatch):
     assert_free(out)
 
 
-def test_a_sample_set_is_held_while_sampling(tmp_path, monkeypatch):
-    run, out, told = tmp_path / "run", tmp_path / "set", []
-    assert train_cli.main(tiny_args(run, 1)) == 0
-    write_part = sample_cli.write_part
-    monkeypatch.setattr(sample_cli, "write_part", lambda *a: told.append(refusal(out)) or write_part(*a))
+def test_a_sample_set_is_held_while_sampling(tiny_run, tmp_path, monkeypatch):
+    run, out, told = tiny_run, tmp_path / "set", []
+    write_part = sample_set.write_part
+    monkeypatch.setattr(sample_set, "write_part", lambda *a: told.append(refusal(out)) or write_part(*a))
     assert sample_cli.main(["--ckpt", str(run), "--out", f"{out}/", "-n", "4", "--steps", "2", "--device", "cpu"]) == 0
     assert len(told) == 1 and f"{out} is in use: pid {os.getpid()} on " in told[0], told
     assert (out / "samples.npz").is_file()
@@ -131,6 +131,7 @@ def launch_rank(out, rank, port):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.distributed
 def test_every_ddp_rank_stops_when_the_run_folder_is_held(tmp_path):
     out = tmp_path / "run"
     with socket.socket() as s:
@@ -167,6 +168,7 @@ def running(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_sigterm_to_layersync_cache_says_what_it_keeps_and_ends_its_workers(tmp_path, vae):
     data, out = png_tree(tmp_path / "data"), tmp_path / "cache"
     os.mkfifo(data / "b" / "z.png")  # the last item: its DataLoader worker waits in open() for ever

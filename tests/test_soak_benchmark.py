@@ -3,6 +3,8 @@ and the checkpoints left match train.keep / train.keep_every."""
 
 import json
 
+import pytest
+
 from benchmarks import soak
 
 
@@ -13,6 +15,7 @@ def test_expected_checkpoints():
     assert soak.expected_checkpoints(60, 25, 0, 0) == [25, 50, 60]  # keep 0: nothing deleted
 
 
+@pytest.mark.slow
 def test_quick_soak_suite(tmp_path, monkeypatch):
     monkeypatch.setenv("LAYERSYNC_RESULTS", str(tmp_path / "results"))
     report = soak.main(["--quick", "--workdir", str(tmp_path / "work")])

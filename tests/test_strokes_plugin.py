@@ -17,6 +17,8 @@ from layersync.cli import sample as sample_cli
 from layersync.cli import train as train_cli
 from layersync.plugins import Registry
 
+pytestmark = pytest.mark.slow
+
 SOURCE = Path(__file__).parent / "data" / "strokes"
 MODULE = "layersync_strokes"
 TINY = ["--steps", "3", "--set", "train.batch_size=8", "--set", "train.log_every=1", "--set", "sample.steps=2"]

@@ -1,5 +1,6 @@
 """Experiment tracking: the loggers of train.loggers, curves.png, `layersync report`, the progress bar."""
 
+import io
 import re
 import wave
 
@@ -10,6 +11,7 @@ from PIL import Image
 from helpers import error_line, read_metrics, tiny_args
 from layersync.cli import main, report, train
 from layersync.errors import ConfigError
+from layersync.interfaces import Preview
 from layersync.train import loggers
 
 pytest.importorskip("tensorboard", reason="the tensorboard package is not installed (a dev dependency)")
@@ -36,6 +38,7 @@ def tb_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_tensorboard_holds_the_scalars_of_metrics_jsonl(tb_run):
     acc, records = events(tb_run), read_metrics(tb_run)
     assert [r["step"] for r in records] == [1, 2, 3, 4]
@@ -45,6 +48,7 @@ def test_tensorboard_holds_the_scalars_of_metrics_jsonl(tb_run):
     assert step_s == [(r["step"], pytest.approx(16 / r["samples_per_s"], rel=1e-5)) for r in records]
 
 
+@pytest.mark.slow
 def test_tensorboard_holds_the_sample_grids(tb_run):
     images = events(tb_run).Images("samples")
     assert [image.step for image in images] == [2, 4]
@@ -52,11 +56,13 @@ def test_tensorboard_holds_the_sample_grids(tb_run):
         assert (images[-1].width, images[-1].height) == grid.size
 
 
+@pytest.mark.slow
 def test_curves_png_is_written_beside_metrics(tb_run):
     with Image.open(tb_run / "curves.png") as image:
         assert image.format == "PNG" and image.size[0] > 600
 
 
+@pytest.mark.slow
 def test_a_resumed_run_drops_the_events_after_its_checkpoint(tmp_path):
     """Stopped after step 5 with the last checkpoint at 3: the resumed run's events replace steps 4 and 5."""
     run = tmp_path / "run"
@@ -68,24 +74,28 @@ def test_a_resumed_run_drops_the_events_after_its_checkpoint(tmp_path):
     assert scalars(events(run), "loss") == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in records]
 
 
-def test_tensorboard_takes_gifs_as_animated_images_and_wavs_as_audio(tmp_path):
+def test_tensorboard_takes_a_video_preview_as_its_first_frame_and_audio_at_its_rate(tmp_path):
     frames = [Image.new("RGB", (6, 4), color) for color in ("red", "blue")]
-    gif = tmp_path / "samples" / "step_0000001.gif"
+    gif, wav = tmp_path / "samples" / "step_0000001.gif", tmp_path / "samples" / "step_0000001.wav"
     gif.parent.mkdir()
     frames[0].save(gif, format="gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
-    with wave.open(str(gif.with_suffix(".wav")), "wb") as f:
+    with wave.open(str(wav), "wb") as f:
         f.setnchannels(1), f.setsampwidth(2), f.setframerate(8000)
         f.writeframes((np.sin(np.arange(800) / 5) * 16000).astype("<i2").tobytes())
     writer = loggers.TensorBoard(tmp_path, {"train": {"batch_size": 4}}, 0)
-    writer.samples(1, gif)
+    writer.samples(1, Preview("video", gif, 10))
+    writer.samples(1, Preview("audio", wav, 8000))
+    writer.samples(2, Preview("file", wav))  # not shown
     writer.close()
     acc = events(tmp_path)
     (image,) = acc.Images("samples")
-    assert image.encoded_image_string == gif.read_bytes() and (image.width, image.height) == (6, 4)
+    with Image.open(io.BytesIO(image.encoded_image_string)) as first:
+        assert first.size == (6, 4) and first.convert("RGB").getpixel((0, 0)) == (255, 0, 0)
     (audio,) = acc.Audio("samples/audio")
     assert audio.sample_rate == 8000 and audio.length_frames == 800
 
 
+@pytest.mark.slow
 def test_wandb_offline_writes_its_run_folder(tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb", reason="wandb is not installed (pip install 'layersync-core[wandb]')")
     for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
@@ -104,6 +114,7 @@ def test_wandb_offline_writes_its_run_folder(tmp_path, monkeypatch):
     assert (run / "wandb" / "layersync_run_id").read_text().strip() in folder.name
 
 
+@pytest.mark.slow
 def test_report_compares_two_runs(tb_run, tmp_path, capsys):
     vanilla = tmp_path / "vanilla"
     assert train.main(tiny_args(vanilla, 4, "--layersync", "off")) == 0
@@ -125,6 +136,7 @@ def test_report_compares_two_runs(tb_run, tmp_path, capsys):
     assert "| fid | 12.5 |" in text
 
 
+@pytest.mark.slow
 def test_report_goes_into_the_run_folder_and_gives_the_checkpoint_step(tmp_path, monkeypatch):
     run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     assert train.main(tiny_args(run, 4)) == 0  # checkpoints at steps 3 and 4

@@ -9,6 +9,8 @@ from layersync import checkpoint
 from layersync.train import trainer
 from layersync.train.optim import build_optimizer, load_optimizer_state
 
+pytestmark = pytest.mark.slow
+
 KEYS = ("loss", "flow_loss", "layersync_loss")
 
 

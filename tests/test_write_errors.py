@@ -3,6 +3,7 @@ and what was written before stays whole."""
 
 import errno
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -72,9 +73,9 @@ def test_atomic_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_path,
     assert calls == ["fsync file", "replace", "fsync folder"]
 
 
-def test_disk_full_during_training(tmp_path, capsys, monkeypatch):
-    out = tmp_path / "run"
-    assert train.main(tiny_args(out, 3)) == 0
+@pytest.mark.slow
+def test_disk_full_during_training(tiny_run, tmp_path, capsys, monkeypatch):
+    out = shutil.copytree(tiny_run, tmp_path / "run")  # 3 steps; resumed to 6 on a full disk
     ckpt = out / "checkpoints" / "step_0000003.pt"
     saved = checkpoint.load(ckpt)
     monkeypatch.setattr(torch, "save", full_disk)

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from layersync import ConfigError, DataError, Modality, atomic, hookimpl
+from layersync.interfaces import Preview
 from layersync.metrics import GaussianStats, frechet_distance
 
 LAYERSYNC_PLUGIN_API = 1
@@ -100,13 +101,13 @@ def conditions(values: list[str], config: dict, num_classes: int):
     return stack(conds), masks(lengths), {"shape": names}
 
 
-def save_strokes(x: torch.Tensor, stem: Path, info: dict) -> Path:
+def save_strokes(x: torch.Tensor, stem: Path, info: dict) -> Preview:
     """``stem.npy``: the strokes, zero past their lengths (``STEM.npz`` is layersync-sample's own file)."""
     lengths = np.asarray(info.get("lengths", [FRAMES] * len(x)))
     path = Path(stem).with_suffix(".npy")
     with atomic(path) as tmp, open(tmp, "wb") as f:
         np.save(f, x.numpy() * (np.arange(FRAMES) < lengths[:, None])[:, None])
-    return path
+    return Preview("file", path)
 
 
 class StrokeSet:

@@ -11,6 +11,7 @@ import csv
 import logging
 import math
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch.utils.data import Dataset
@@ -23,10 +24,6 @@ from layersync_audio.audio_io import AUDIO_EXTENSIONS, AudioInfo, audio_info, re
 log = logging.getLogger("layersync")
 
 SPOKEN_DIGITS = Path(__file__).parent / "spoken_digits"
-LAYOUTS = ("classes", "folder", "jamendo")
-OFFSETS = ("random", "centre")
-ON_ERROR = ("fail", "skip")
-TAG_CATEGORIES = ("genre", "instrument", "mood/theme")
 JAMENDO_COLUMNS = ["TRACK_ID", "ARTIST_ID", "ALBUM_ID", "PATH", "DURATION"]  # then one TAGS column per tag
 
 
@@ -87,11 +84,6 @@ def jamendo_items(root: Path, metadata: Path, category: str | None) -> tuple[lis
     return items, classes
 
 
-def _choice(name: str, value, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ConfigError(f"data.{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
-
-
 def _positive(name: str, value, kind=int):
     if value is None:
         return None
@@ -119,16 +111,13 @@ class AudioDataset(SkipsBadItems, Dataset):
     good item.
     """
 
-    def __init__(self, path: str | None = None, layout: str = "classes", metadata: str | None = None,
-                 tags: str | None = None, sample_rate: int | None = None, seconds: float | None = None,
-                 samples: int | None = None, channels: int = 1, offset: str = "random", on_error: str = "fail"):
-        for name, value, allowed in (("layout", layout, LAYOUTS), ("offset", offset, OFFSETS),
-                                     ("on_error", on_error, ON_ERROR), ("channels", channels, (1, 2))):
-            _choice(name, value, allowed)
+    def __init__(self, path: str | None = None, layout: Literal["classes", "folder", "jamendo"] = "classes",
+                 metadata: str | None = None, tags: Literal["genre", "instrument", "mood/theme"] | None = None,
+                 sample_rate: int | None = None, seconds: float | None = None, samples: int | None = None,
+                 channels: Literal[1, 2] = 1, offset: Literal["random", "centre"] = "random",
+                 on_error: Literal["fail", "skip"] = "fail"):
         if layout != "jamendo" and (metadata is not None or tags is not None):
             raise ConfigError("data.metadata and data.tags are options of layout: jamendo")
-        if tags is not None:
-            _choice("tags", tags, TAG_CATEGORIES)
         if seconds is not None and samples is not None:
             raise ConfigError("data.seconds and data.samples both set the clip length: give one")
         sample_rate, samples = _positive("sample_rate", sample_rate), _positive("samples", samples)
@@ -185,26 +174,11 @@ class AudioDataset(SkipsBadItems, Dataset):
                 bad.append(f"audio file {path} is too short: {info.frames} samples at {info.sample_rate} Hz "
                            f"({info.frames / info.sample_rate:.3f} s); the clip needs {need} "
                            f"({self.samples / self.sample_rate:.3f} s)")
-        if bad and self.on_error == "fail":
-            more = f"; {len(bad) - 1} more bad file(s)" if len(bad) > 1 else ""
-            raise DataError(f"{bad[0]}{more} (data.on_error=skip leaves bad files out)")
-        if bad:
-            log.warning("skipping %d bad audio file(s) of %d in %s (on_error=skip): %s%s", len(bad), len(items),
-                        self.root, "; ".join(bad[:3]), "; ..." if len(bad) > 3 else "")
-        if not keep:
-            raise DataError(f"no usable audio file in {self.root}")
-        return keep
+        return self.usable(keep, bad, len(items), "audio")
 
     def _length(self, info: AudioInfo) -> int:
         """A file's length in samples at the data set's rate (as resampling gives it)."""
         return -(-info.frames * self.sample_rate // info.sample_rate)
-
-    def sources(self) -> tuple[Path, list[Path]]:
-        """The folder and the audio files the items come from (a latent cache fingerprints them)."""
-        return self.root, [path for path, *_ in self.items]
-
-    def __len__(self):
-        return len(self.items)
 
     def load(self, i):
         return self._clip(i), self.items[i][1]

@@ -18,12 +18,8 @@ import torch.distributed as dist
 import torchaudio
 
 from layersync.errors import ConfigError, DataError
-from layersync.metrics import GaussianStats, frechet_distance, stored_gaussian
+from layersync.metrics import FrechetEvaluator, GaussianStats
 from layersync_audio.audio_io import Clips
-
-
-def _summed(stats: GaussianStats) -> GaussianStats:
-    return GaussianStats(stats.dim).merge(stats).all_reduce()
 
 
 def _summed_counts(*counts: int) -> list[int]:
@@ -46,20 +42,31 @@ def as_mono(waveform, index: int) -> torch.Tensor:
     return (x if x.ndim == 1 else x.mean(0)).float()
 
 
-class FADEvaluator:
+class FADEvaluator(FrechetEvaluator):
     """Streams clips through an embedder; ``compute()`` gives ``fad_<tag>`` against the reference."""
+
+    items = ("windows of samples", "windows of reference clips")
+    reference_items = "reference clips"
 
     def __init__(self, embedder, batch: int = 64, device="cpu"):
         if batch < 1:
             raise ConfigError(f"FAD batch must be at least 1, got {batch}")
+        tag, dim = embedder.tag, embedder.dim
+        super().__init__(dim, tag, f"{dim}-d {tag} embeddings")
+        self.metric, self.name = f"fad_{tag}", f"FAD ({tag})"
         self.embedder, self.batch = embedder.to(device), batch
         self.weights_path = getattr(embedder, "weights_path", None)
-        self.stats = {side: GaussianStats(embedder.dim) for side in (False, True)}
         self.clips = {False: 0, True: 0}
-        self.reference = None  # precomputed (mu, sigma) replacing the real side
 
-    def _windows(self, clips: Clips):
-        """Batches of at most ``batch`` windows, taken across the clips."""
+    def check(self, clips: Clips) -> Clips:
+        if not isinstance(clips, Clips):
+            raise DataError(f"FAD takes layersync_audio Clips, got {type(clips).__name__}")
+        if clips.sample_rate <= 0:
+            raise DataError(f"clips have sample rate {clips.sample_rate}, expected a positive number of Hz")
+        return clips
+
+    def features(self, clips: Clips):
+        """Embeddings of batches of at most ``batch`` windows, taken across the clips."""
         pending, held = [], 0
         for index, waveform in enumerate(clips.waveforms):
             mono = as_mono(waveform, index)
@@ -72,55 +79,20 @@ class FADEvaluator:
                 held += len(take)
                 windows = windows[len(take):]
                 if held == self.batch:
-                    yield torch.cat(pending)
+                    yield self.embedder.embed(torch.cat(pending))
                     pending, held = [], 0
         if pending:
-            yield torch.cat(pending)
+            yield self.embedder.embed(torch.cat(pending))
 
-    @torch.no_grad()
     def update(self, clips: Clips, real: bool = False) -> None:
-        if not isinstance(clips, Clips):
-            raise DataError(f"FAD takes layersync_audio Clips, got {type(clips).__name__}")
-        if clips.sample_rate <= 0:
-            raise DataError(f"clips have sample rate {clips.sample_rate}, expected a positive number of Hz")
-        if real and self.reference is not None:  # precomputed statistics replace these clips
-            self.clips[True] += len(clips)
-            return
-        for windows in self._windows(clips):
-            self.stats[bool(real)].update(self.embedder.embed(windows))
+        """Reference clips fed after precomputed statistics are counted, not embedded."""
+        super().update(clips, real)
         self.clips[bool(real)] += len(clips)
 
-    def use_reference_statistics(self, stats: dict) -> None:
-        """Precomputed ``mu_<tag>``/``sigma_<tag>`` (or plain ``mu``/``sigma``) replace the real side.
-
-        Other evaluators' statistics (other tags) are ignored; without ours nothing changes. Reference
-        clips fed afterwards are counted but not embedded.
-        """
-        tag, dim = self.embedder.tag, self.embedder.dim
-        stored = stored_gaussian(stats, tag, dim, f"{dim}-d {tag} embeddings")
-        if stored is not None:
-            self.reference = stored
-
-    def _gaussian(self, stats: GaussianStats, what: str):
-        if stats.count < 2:
-            raise DataError(f"FAD ({self.embedder.tag}) needs at least 2 windows of {what}, got {stats.count}")
-        return stats.mean, stats.cov
-
-    def reference_statistics(self) -> dict:
-        """``{"mu_<tag>", "sigma_<tag>"}`` of the real side, for an ``.npz`` to reuse."""
-        tag = self.embedder.tag
-        mu, sigma = self.reference or self._gaussian(_summed(self.stats[True]), "reference clips")
-        return {f"mu_{tag}": mu, f"sigma_{tag}": sigma}
-
-    def compute(self) -> dict:
-        tag = self.embedder.tag
-        fake, real = _summed(self.stats[False]), _summed(self.stats[True])
+    def report(self, fake: GaussianStats, real: GaussianStats) -> dict:
+        tag = self.tag
         num_samples, num_ref = _summed_counts(self.clips[False], self.clips[True])
-        if self.reference is None and real.count == 0:
-            raise DataError(f"FAD ({tag}) has no reference: no reference clips and no mu_{tag}/sigma_{tag} statistics")
-        mu_ref, sigma_ref = self.reference or self._gaussian(real, "reference clips")
         return {
-            f"fad_{tag}": frechet_distance(*self._gaussian(fake, "samples"), mu_ref, sigma_ref),
             "num_samples": num_samples,
             "num_ref": num_ref,
             f"windows_{tag}": fake.count,

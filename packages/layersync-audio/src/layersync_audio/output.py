@@ -11,6 +11,7 @@ from PIL import Image
 
 from layersync.errors import ConfigError
 from layersync.files import atomic
+from layersync.interfaces import Preview
 from layersync_audio.audio_io import write_wav
 
 GAP_SECONDS = 0.25  # silence between the samples of a preview WAV
@@ -51,17 +52,16 @@ def spectrogram_grid(x: torch.Tensor) -> np.ndarray:
     return (colormaps["magma"](grid)[..., :3] * 255).astype(np.uint8)
 
 
-def save_audio(x: torch.Tensor, stem: Path, info: dict) -> Path:
+def save_audio(x: torch.Tensor, stem: Path, info: dict) -> Preview:
     """Decoded waveforms (N, channels, samples) -> ``stem.png`` (spectrogram grid) and ``stem.wav``
-    (the samples one after another, in grid order, a short silence apart). Returns the PNG."""
+    (the samples one after another, in grid order, a short silence apart). Returns the WAV's preview."""
     rate = _rate(info)
     stem = Path(stem)
     gap = torch.zeros(x.shape[1], int(GAP_SECONDS * rate))
-    write_wav(stem.with_suffix(".wav"), torch.cat([part for clip in x for part in (clip, gap)], dim=1), rate)
-    path = stem.with_suffix(".png")
-    with atomic(path) as tmp:
+    wav = write_wav(stem.with_suffix(".wav"), torch.cat([part for clip in x for part in (clip, gap)], dim=1), rate)
+    with atomic(stem.with_suffix(".png")) as tmp:
         Image.fromarray(spectrogram_grid(x)).save(tmp, format="png")
-    return path
+    return Preview("audio", wav, rate)
 
 
 def save_wavs(array: np.ndarray, start: int, folder: Path, info: dict) -> None:

@@ -4,10 +4,8 @@ from pathlib import Path
 
 from layersync import Modality, hookimpl
 
-from layersync_audio.data import AudioDataset
 from layersync_audio.output import save_audio, save_wavs
 from layersync_audio.samples import read_samples
-from layersync_audio.tokenizers import mel, oobleck
 from layersync_audio.vggish import VGGISH
 
 RECIPES = Path(__file__).parent / "recipes"
@@ -33,29 +31,17 @@ def layersync_modalities():
 
 @hookimpl
 def layersync_datasets():
-    return {"audiofolder": AudioDataset}
+    return {"audiofolder": "layersync_audio.data:AudioDataset"}  # torchaudio on first use
 
 
 @hookimpl
 def layersync_tokenizers():
-    return {"mel": mel, "oobleck": oobleck}
-
-
-def fad_vggish(**options):
-    from layersync_audio.fad import fad_vggish as build  # torchaudio's resampler only when evaluating
-
-    return build(**options)
-
-
-def fad_clap(**options):
-    from layersync_audio.fad import fad_clap as build  # transformers only when evaluating
-
-    return build(**options)
+    return {"mel": "layersync_audio.tokenizers:mel", "oobleck": "layersync_audio.tokenizers:oobleck"}
 
 
 @hookimpl
 def layersync_evaluators():
-    return {"fad-vggish": fad_vggish, "fad-clap": fad_clap}
+    return {"fad-vggish": "layersync_audio.fad:fad_vggish", "fad-clap": "layersync_audio.fad:fad_clap"}
 
 
 @hookimpl

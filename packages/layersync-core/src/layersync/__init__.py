@@ -11,8 +11,10 @@ import pluggy
 
 from layersync.errors import ConfigError, DataError, PluginError
 from layersync.files import atomic
-from layersync.interfaces import Backbone, Evaluator, IdentityTokenizer, Modality, SampleSet, Tokenizer
+from layersync.interfaces import (Backbone, Dataset, Evaluator, IdentityTokenizer, Modality, Preview, SampleSet,
+                                  Tokenizer)
 from layersync.objective import FlowObjective, LayerSync, taps
+from layersync.pipeline import Pipeline
 from layersync.plugins import PLUGIN_API, Registry, registry
 from layersync.sampling import Sampler, SamplerConfig
 
@@ -28,11 +30,14 @@ __all__ = [
     "Backbone",
     "ConfigError",
     "DataError",
+    "Dataset",
     "Evaluator",
     "FlowObjective",
     "IdentityTokenizer",
     "LayerSync",
     "Modality",
+    "Pipeline",
+    "Preview",
     "PluginError",
     "Registry",
     "SampleSet",

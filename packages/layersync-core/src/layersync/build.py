@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import time
 from numbers import Integral
 
-import torch
-
 from layersync.cache import LatentCacheDataset
-from layersync.config import options
+from layersync.config import Expect, check, options
 from layersync.errors import ConfigError, DataError, PluginError
-from layersync.interfaces import Evaluator, Tokenizer, sample_info
+from layersync.interfaces import sample_info, violation
 from layersync.objective import FlowObjective, LayerSync
 from layersync.plugins import Registry
 from layersync.sampling import Sampler, SamplerConfig
@@ -21,12 +18,22 @@ from layersync.sampling import Sampler, SamplerConfig
 log = logging.getLogger("layersync.plugins")
 
 
-def call(kind: str, name: str, factory, *args, **kwargs):
-    """Call a factory, turning an unknown option into a ConfigError naming it."""
+def call(kind: str, name: str, factory, *args, section: str | None = None, **kwargs):
+    """Call a factory, turning an unknown option, or a value its parameter's annotation refuses, into a
+    ConfigError naming it (``section.key`` for the options of a config section; None passes a parameter
+    that defaults to None)."""
     try:
-        inspect.signature(factory).bind(*args, **kwargs)
+        signature = inspect.signature(factory, eval_str=True)
+    except NameError:  # an annotation names something imported for type checkers only: leave them all out
+        signature = inspect.signature(factory)
+    try:
+        signature.bind(*args, **kwargs)
     except TypeError as exc:
         raise ConfigError(f"{kind} '{name}' does not accept these options: {exc}") from None
+    for key, value in kwargs.items():
+        param = signature.parameters.get(key)
+        if param is not None and param.kind != param.VAR_KEYWORD and not (value is None and param.default is None):
+            check(f"{section}.{key}" if section else f"{kind} '{name}': {key}", value, Expect(param.annotation))
     return factory(*args, **kwargs)
 
 
@@ -35,29 +42,6 @@ def lookup(registry: Registry, category: str, name):
         return registry.get(category, name)
     except KeyError as exc:
         raise ConfigError(exc.args[0]) from None
-
-
-def _is_dataset(obj) -> bool:
-    shape = getattr(obj, "sample_shape", None)
-    return (hasattr(obj, "__getitem__") and hasattr(obj, "__len__") and isinstance(shape, (tuple, list, torch.Size))
-            and all(isinstance(n, Integral) and n > 0 for n in shape)
-            and isinstance(getattr(obj, "num_classes", None), Integral))
-
-
-def _is_backbone(obj) -> bool:
-    depth = getattr(obj, "depth", None)
-    return (isinstance(obj, torch.nn.Module) and isinstance(depth, Integral) and depth >= 1
-            and callable(getattr(obj, "drop_cond", None)))
-
-
-# What each factory must return: (test, the rule in words).
-CONTRACTS = {
-    "datasets": (_is_dataset, "a map-style Dataset (__getitem__, __len__) with sample_shape (positive ints) "
-                              "and an int num_classes"),
-    "tokenizers": (lambda obj: isinstance(obj, Tokenizer), "a Tokenizer (encode, decode, latent_shape)"),
-    "backbones": (_is_backbone, "a torch.nn.Module with an int depth >= 1 and drop_cond(cond, drop)"),
-    "evaluators": (lambda obj: isinstance(obj, Evaluator), "an Evaluator (update(samples, real), compute())"),
-}
 
 
 def make(registry: Registry, category: str, name: str, *args, **kwargs):
@@ -69,8 +53,8 @@ def make(registry: Registry, category: str, name: str, *args, **kwargs):
     if registry.trace:
         log.info("%s '%s' of plugin '%s' built in %.1f ms", kind, name, registry.owner(category, name),
                  (time.perf_counter() - began) * 1000)
-    test, rule = CONTRACTS[category]
-    if not test(built):
+    rule = violation(kind, built)
+    if rule:
         raise PluginError(f"plugin '{registry.owner(category, name)}': {kind} '{name}' returned "
                           f"{type(built).__name__}, but a {kind} factory must return {rule}")
     if category == "backbones":  # named in the errors of its forward (train/step.py)
@@ -92,12 +76,12 @@ def modality_name(registry: Registry, plugin: str) -> str:
 
 def dataset(registry: Registry, config: dict):
     name, opts = options(config["data"])
-    return make(registry, "datasets", name, **opts)
+    return make(registry, "datasets", name, section="data", **opts)
 
 
 def tokenizer(registry: Registry, config: dict):
     name, opts = options(config["tokenizer"])
-    return make(registry, "tokenizers", name, **opts)
+    return make(registry, "tokenizers", name, section="tokenizer", **opts)
 
 
 def check_compatible(data, tok) -> None:
@@ -116,7 +100,7 @@ def backbone(registry: Registry, config: dict, input_shape, num_classes: int):
     name, opts = options(config["model"])
     checkpointed = opts.pop("checkpoint_blocks", None)  # core's key, not the factory's
     try:
-        model = make(registry, "backbones", name, tuple(input_shape), num_classes, **opts)
+        model = make(registry, "backbones", name, tuple(input_shape), num_classes, section="model", **opts)
     except (ConfigError, DataError):
         raise
     except ValueError as exc:  # the factory refuses its options for this input (image size vs patch, ...)
@@ -148,26 +132,16 @@ def objective(config: dict) -> FlowObjective:
 
 def layersync(config: dict, depth: int) -> LayerSync | None:
     section = config["layersync"]
-    weight = section["weight"]
-    try:
-        ok = not isinstance(weight, bool) and math.isfinite(float(weight)) and float(weight) >= 0
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:  # NaN would train on NaN, inf or a negative weight on a diverging term
-        raise ConfigError(f"layersync.weight must be a finite number >= 0, got {weight!r}")
-    pairs = section["pairs"] or []
-    if not pairs:
+    if not section["pairs"]:
         return None
     try:
-        return LayerSync(pairs, section["weight"], depth=depth, detach_teacher=section["detach_teacher"])
+        return LayerSync(section["pairs"], section["weight"], depth=depth, detach_teacher=section["detach_teacher"])
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"layersync.pairs: {exc} (set other pairs with --layersync K:K2)") from None
 
 
 def sampler(config: dict, obj: FlowObjective) -> Sampler:
-    section = dict(config["sample"])
-    section["guidance_interval"] = tuple(section["guidance_interval"])
     try:
-        return Sampler(obj, SamplerConfig(**section))
+        return Sampler(obj, SamplerConfig(**config["sample"]))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"sample: {exc}") from None

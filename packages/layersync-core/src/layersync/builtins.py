@@ -3,7 +3,6 @@
 from layersync import hookimpl
 from layersync.cache import latent_cache
 from layersync.interfaces import IdentityTokenizer
-from layersync.nn import build_sit1d, build_sit3d
 
 LAYERSYNC_PLUGIN_API = 1  # the layersync.PLUGIN_API this plugin is written for
 
@@ -20,4 +19,4 @@ def layersync_tokenizers():
 
 @hookimpl
 def layersync_backbones():
-    return {"sit1d": build_sit1d, "sit3d": build_sit3d}
+    return {"sit1d": "layersync.nn:build_sit1d", "sit3d": "layersync.nn:build_sit3d"}  # timm on first use

@@ -127,13 +127,6 @@ def _check_existing(out: Path, fingerprint: dict) -> bool:
     return False
 
 
-def _encoder(tokenizer):
-    """``x -> (mean, std or None)``, float32 on the input's device."""
-    if hasattr(tokenizer, "moments"):
-        return tokenizer.moments
-    return lambda x: (tokenizer.encode(x).float(), None)
-
-
 def _encode_shards(dataset, tokenizer, views: Views, meta, out: Path, env, batch: int, workers: int) -> int:
     """Encode this rank's missing shards (i % world == rank); returns how many it wrote."""
     pending = [i for i in range(meta["num_shards"]) if i % env.world == env.rank and not (out / shard_name(i)).exists()]
@@ -146,7 +139,8 @@ def _encode_shards(dataset, tokenizer, views: Views, meta, out: Path, env, batch
              sum(map(len, batches)))
     bar = tqdm(total=sum(map(len, batches)), unit="item", disable=not env.main, dynamic_ncols=True,
                desc=f"encoding (rank 0 of {env.world})" if env.world > 1 else "encoding")
-    encode = _encoder(tokenizer)
+    # x -> (mean, std or None), float32 on the input's device
+    encode = tokenizer.moments if hasattr(tokenizer, "moments") else lambda x: (tokenizer.encode(x).float(), None)
     stored: dict[str, list] = {"mean": [], "std": [], "label": []}
     with torch.no_grad(), bar:  # the bar ends its line before an error is printed
         for rows, (x, y) in zip(batches, loader):

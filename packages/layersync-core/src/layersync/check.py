@@ -1,22 +1,21 @@
 """Conformance checks of one plugin (``layersync check-plugin NAME``), for plugin authors' CI.
 
-The plugin must declare ``LAYERSYNC_PLUGIN_API``; its load warnings are WARN rows. For each
-modality of the plugin its recipe is built through the registry and every piece runs once on a
-batch of 2: the data set's batch, the tokenizer's encoding, the backbone's forward with capture,
-one training step with LayerSync, a graph-safety check of the forward (no host syncs), the data
-set's ``preview`` and the modality's ``conditions`` (required when the items' conditions are not
-labels), each with a short guided sampling run into ``save_samples``, ``cache_views``, the pieces
-of ``cache_recipe``, and the evaluators on two tiny sample sets. A modality's ``check_fixture`` (a
-tiny random model, a few items) stands in for the user's data and weights its recipe needs. A plugin
-without a modality has its backbones built at a tiny size.
-Every check gives one ``CheckResult``: PASS, WARN (it passed but found a cost the plugin should
-not pay, e.g. a transposed token stream), FAIL (the check raised or found a breach of the
+The plugin must declare ``LAYERSYNC_PLUGIN_API``; its load warnings are WARN rows. For each modality of the plugin
+its recipe is built through the registry and every piece runs once on a batch of 2: the data set's batch, the
+tokenizer's encoding, the backbone's forward with capture, one training step with LayerSync, a graph-safety check
+of the forward (no host syncs), the data set's ``preview`` and the modality's ``conditions`` (required when the
+items' conditions are not labels), each with a short guided sampling run into ``save_samples``, ``cache_views``,
+the pieces of ``cache_recipe``, and the evaluators on two tiny sample sets. A modality's ``check_fixture`` (a tiny
+random model, a few items) stands in for the user's data and weights its recipe needs. A plugin without a modality
+has its backbones built at a tiny size. Every check gives one ``CheckResult``: PASS, WARN (it passed but found a
+cost the plugin should not pay, e.g. a transposed token stream), FAIL (the check raised or found a breach of the
 contract) or SKIP (published weights are missing, or a check it needs did not pass).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import math
 import tempfile
@@ -27,17 +26,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from layersync import build, interfaces, trees
+from layersync import build, interfaces, sample_set, trees
 from layersync import config as configuration
 from layersync.errors import ConfigError, DataError, PluginError
-from layersync.metrics.weights import MissingWeightsError, WeightFile, resolve_weights
+from layersync.metrics.weights import MissingWeightsError, resolve_weights
 from layersync.objective import LayerSync
+from layersync.pipeline import Conditions, Pipeline, preview_conditions
 from layersync.plugins import NO_API, PLUGIN_API, Registry, registry as default_registry
-from layersync.sampling import seeded_samples
 from layersync.train.data import make_loader
 from layersync.train.optim import build_optimizer
 from layersync.train.step import TrainStep
-from layersync.train.trainer import preview_conditions
 
 BATCH = 2  # items per forward and training step
 EVAL_ITEMS = 10  # items per evaluator set (the Inception Score takes at least 10)
@@ -101,14 +99,11 @@ class Report:
         except MissingWeightsError as exc:
             self.add("SKIP", item, check, "published weights missing: " + " ".join(str(exc).split(";")[0].split()))
             return NOT_RUN
-        except Skipped as exc:
-            self.add("SKIP", item, check, one_line(exc))
-            return NOT_RUN
         except Warned as exc:
             self.add("WARN", item, check, one_line(exc))
             return None
         except Exception as exc:  # noqa: BLE001 - every failure is a row of the report
-            self.add("FAIL", item, check, one_line(exc))
+            self.add("SKIP" if isinstance(exc, Skipped) else "FAIL", item, check, one_line(exc))
             return NOT_RUN
         self.add("PASS", item, check, detail)
         return value
@@ -160,10 +155,6 @@ class Batch:
     cond: object
     mask: torch.Tensor | None = None
 
-    @property
-    def masked(self) -> dict:
-        return {} if self.mask is None else {"mask": self.mask}
-
 
 def pick_layersync(config: dict, depth: int) -> LayerSync | None:
     """The recipe's pairs, else (1, depth); None for a single block."""
@@ -179,8 +170,8 @@ def pick_layersync(config: dict, depth: int) -> LayerSync | None:
 def check_forward(model, batch: Batch, capture: tuple[int, ...]):
     t = torch.rand(len(batch.z), device=batch.z.device, dtype=batch.z.dtype)
     with torch.no_grad():
-        out, hidden = interfaces.check_forward(model, model(batch.z, t, batch.cond, capture=capture, **batch.masked),
-                                               batch.z, capture)
+        out, hidden = interfaces.check_forward(
+            model, run_forward(model, (batch.z, t, batch.cond, batch.mask, None), capture), batch.z, capture)
     shapes = ", ".join(f"h_{k} {tuple(hidden[k].shape)}" for k in capture)
     return (out, hidden), f"out {tuple(out.shape)}, {shapes}"
 
@@ -231,25 +222,20 @@ def run_forward(model, inputs, capture):
 
 def check_fake(model, batch: Batch, capture, cfg_dropout: float):
     """The forward (and label dropout) on fake tensors: a data-dependent host sync raises."""
-    from torch._subclasses.fake_tensor import (
-        DataDependentOutputException,
-        DynamicOutputShapeException,
-        FakeTensorMode,
-        UnsupportedOperatorException,
-    )
+    from torch._subclasses import fake_tensor
 
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    mode = fake_tensor.FakeTensorMode(allow_non_fake_inputs=True)
     inputs = forward_inputs(model, batch, cfg_dropout, mode.from_tensor)
     try:
         with mode:
             run_forward(model, inputs, capture)
-    except DataDependentOutputException as exc:
+    except fake_tensor.DataDependentOutputException as exc:
         raise Failed(f"host sync in forward: {exc} needs a tensor's value on the host (.item(), bool(tensor), "
                      f".tolist(), a Python if on a tensor){user_frame(exc)}") from None
-    except DynamicOutputShapeException as exc:
+    except fake_tensor.DynamicOutputShapeException as exc:
         raise Failed(f"host sync in forward: {exc} has a data-dependent output shape (nonzero, masked_select, "
                      f"boolean indexing, unique){user_frame(exc)}") from None
-    except UnsupportedOperatorException as exc:
+    except fake_tensor.UnsupportedOperatorException as exc:
         raise Skipped(f"FakeTensorMode cannot run {exc}: not checked") from None
     return None, "FakeTensorMode: no data-dependent host sync in forward" + (" and drop_cond" if cfg_dropout else "")
 
@@ -273,12 +259,13 @@ def check_cuda_syncs(model, batch: Batch, capture, cfg_dropout: float):
     return None, 'torch.cuda.set_sync_debug_mode("error") around a CUDA forward: no host sync'
 
 
-def check_backbone(rep: Report, item: str, model, batch: Batch, config: dict, cfg_dropout: float):
+def check_backbone(rep: Report, item: str, model, batch: Batch, config: dict):
     """Forward with capture, a training step, graph safety; returns the forward's output or ``NOT_RUN``."""
-    depth = getattr(model, "depth", None)
-    if not isinstance(depth, int) or depth < 1:
-        rep.add("FAIL", item, "forward", f"the backbone has no depth (int >= 1), got {depth!r}")
+    rule = interfaces.violation("backbone", model)
+    if rule:
+        rep.add("FAIL", item, "forward", f"the backbone is {describe(model)}; it must be {rule}")
         return NOT_RUN
+    depth, cfg_dropout = model.depth, config["train"]["cfg_dropout"]
     sync = rep.run(item, "layersync", lambda: (pick_layersync(config, depth), f"depth {depth}"))
     capture = (depth,) if sync in (None, NOT_RUN) else sync.capture
     forward = rep.run(item, "forward", lambda: check_forward(model, batch, capture))
@@ -294,16 +281,13 @@ def check_backbone(rep: Report, item: str, model, batch: Batch, config: dict, cf
 # ---------------------------------------------------------------- sample sets and evaluators
 
 
-def as_array(modality, x: torch.Tensor) -> np.ndarray:
-    return modality.to_array(x) if modality.to_array is not None else x.numpy()
-
-
 def write_set(modality, folder: Path, x: torch.Tensor, info: dict):
-    """``x`` written as ``layersync-sample`` writes a sample set (``samples.npz``, else the modality's own
-    items), read back with ``read_samples`` as ``layersync-eval`` does."""
-    folder.mkdir(parents=True)
-    array = as_array(modality, x)
-    np.savez(folder / "samples.npz", arr_0=array, **{k: np.asarray(v) for k, v in info.items()})
+    """``x`` written as ``layersync-sample`` writes a sample set (``layersync.sample_set``), read back with
+    ``read_samples`` as ``layersync-eval`` does: ``samples.npz``, else the modality's own items."""
+    (folder / "parts").mkdir(parents=True)
+    labels = np.zeros(len(x), dtype=np.int64)
+    sample_set.write_batch(modality, folder, 0, labels, x, info)
+    sample_set.assemble(folder, labels, modality, info, info, labelled=False)
     why = "it reads no items from samples.npz"
     try:
         items = modality.read_samples(folder / "samples.npz")
@@ -313,42 +297,28 @@ def write_set(modality, folder: Path, x: torch.Tensor, info: dict):
         why = one_line(exc)
     if modality.save_items is None:
         raise Failed(f"read_samples cannot read a sample set ({why}) and the modality has no save_items")
-    modality.save_items(array, 0, folder, info)
     return modality.read_samples(folder)
 
 
-class EvalSets:
-    """Two tiny sets, made once for all evaluators: decoded samples and data items."""
-
-    def __init__(self, pipe, folder: Path):
-        self.pipe, self.folder, self.sets = pipe, folder, None
-
-    def get(self):
-        if self.sets is None:
-            self.sets = self._make()
-        return self.sets
-
-    def _make(self):
-        p = self.pipe
-        n = min(EVAL_ITEMS, len(p.dataset))
-        x, cond, mask = p.draw(n)
-        with torch.no_grad():
-            z = seeded_samples(p.sampler, p.model, p.input_shape, cond, p.config["seed"], mask=mask)
-            fake = p.tokenizer.decode(z).float().cpu()
-            real = (p.tokenizer.decode(x) if p.encoded else x).float().cpu()
-        info = {**p.info, **({} if mask is None else {"lengths": mask.sum(-1).tolist()})}
-        if p.modality.read_samples is None:
-            return as_array(p.modality, fake), as_array(p.modality, real)
-        samples = write_set(p.modality, self.folder / "samples", fake, info)
-        reference = write_set(p.modality, self.folder / "reference", real, info)
-        if hasattr(samples, "check_reference"):
-            samples.check_reference(reference)
-        return samples, reference
+def eval_sets(p, folder: Path):
+    """Two tiny sets for the evaluators of recipe ``p``: decoded samples and data items."""
+    x, cond, mask = p.draw(min(EVAL_ITEMS, len(p.dataset)))
+    fake, info = p.draw_samples(Conditions(cond, mask))
+    with torch.no_grad():
+        real = (p.tokenizer.decode(x) if p.encoded else x).float().cpu()
+    if p.modality.read_samples is None:
+        return sample_set.as_array(p.modality, fake), sample_set.as_array(p.modality, real)
+    samples = write_set(p.modality, folder / "samples", fake, info)
+    reference = write_set(p.modality, folder / "reference", real, info)
+    if hasattr(samples, "check_reference"):
+        samples.check_reference(reference)
+    return samples, reference
 
 
-def check_evaluator(reg: Registry, name: str, sets: EvalSets, device):
+def check_evaluator(reg: Registry, name: str, sets, device):
+    """``sets()``: the ``eval_sets``, made once for all evaluators."""
     evaluator = build.make(reg, "evaluators", name, weights=None, batch=EVAL_ITEMS, device=device)
-    samples, reference = sets.get()
+    samples, reference = sets()
     for real, items in ((True, reference), (False, samples)):
         for chunk in items.batches(EVAL_ITEMS) if hasattr(items, "batches") else [items]:
             evaluator.update(chunk, real=real)
@@ -361,14 +331,14 @@ def check_evaluator(reg: Registry, name: str, sets: EvalSets, device):
 # ---------------------------------------------------------------- a modality's recipe
 
 
-class Pipeline:
-    """The pieces of one modality's recipe, built the way the trainer builds them."""
+class Recipe:
+    """The pieces of one modality's recipe, built the way the trainer builds them, one check each."""
 
     def __init__(self, reg: Registry, name: str, device: torch.device, folder: Path):
         self.reg, self.name, self.device, self.folder = reg, name, device, folder
         self.modality = reg.get("modalities", name)
 
-    def recipe(self):
+    def load(self):
         assignments, detail = [], Path(self.modality.recipe).name
         if self.modality.check_fixture is not None:  # tiny model and items in place of the user's
             fixture = self.folder / "fixture"
@@ -427,10 +397,12 @@ class Pipeline:
 
     def build_backbone(self):
         torch.manual_seed(self.config["seed"])
-        self.model = build.backbone(self.reg, self.config, self.input_shape, self.num_classes).to(self.device)
-        self.sampler = build.sampler(self.config, build.objective(self.config))
-        count = sum(p.numel() for p in self.model.parameters())
-        return self.model, f"input {self.input_shape}, {self.num_classes} classes, {count:,} parameters"
+        model = build.backbone(self.reg, self.config, self.input_shape, self.num_classes).to(self.device)
+        self.pipe = Pipeline(self.config, self.modality, model, self.tokenizer,
+                             build.sampler(self.config, build.objective(self.config)), self.input_shape,
+                             self.num_classes, self.info, self.device, values=[])
+        count = sum(p.numel() for p in model.parameters())
+        return model, f"input {self.input_shape}, {self.num_classes} classes, {count:,} parameters"
 
     def like_data(self, what: str, cond, mask) -> None:
         """Conditions and masks made for sampling must be laid out as the data set's items are."""
@@ -447,21 +419,24 @@ class Pipeline:
             raise Failed(f"the items' conditions are {describe(self.batch.cond)}, not class labels, and the data set "
                          "has no preview(n) -> (cond, mask or None): training's sample steps would give the backbone "
                          "labels")
-        cond, mask = preview_conditions(self.dataset, self.num_classes, BATCH, self.device)
+        preview = preview_conditions(self.dataset, self.num_classes, BATCH, self.device)
+        cond, mask, _ = preview
         if trees.batch_size(cond) != BATCH:
             raise Failed(f"preview({BATCH}) gave {trees.batch_size(cond)} conditions")
         self.like_data(f"preview({BATCH})", cond, mask)
         shown = "preview(n)" if hasattr(self.dataset, "preview") else "labels (no preview(n))"
-        return (cond, mask), f"{shown}: cond {describe(cond)}" + ("" if mask is None else f", mask {describe(mask)}")
+        return preview, f"{shown}: cond {describe(cond)}" + ("" if mask is None else f", mask {describe(mask)}")
 
-    def save(self, cond, mask, facts: dict, stem: Path):
-        """Samples of these conditions, drawn as the trainer and ``layersync-sample`` draw them (guided), written
-        by ``save_samples`` as they call it: ``stem`` in a folder that does not exist yet."""
-        with torch.no_grad():
-            z = seeded_samples(self.sampler, self.model, self.input_shape, cond, self.config["seed"], mask=mask)
-            x = self.tokenizer.decode(z).float().cpu()
-        info = {**self.info, **({} if mask is None else {"lengths": mask.sum(-1).tolist()}), **facts}
-        path = interfaces.save_samples(self.modality, x, stem, info)
+    def draw_samples(self, cond: Conditions):
+        """(items, info) of samples of these conditions, drawn as the trainer and ``layersync-sample`` draw them
+        (guided)."""
+        return self.pipe.decode(self.pipe.sample(cond, seed=self.config["seed"]), cond)
+
+    def save(self, cond: Conditions, stem: Path):
+        """Samples of these conditions written by ``save_samples`` as the trainer and ``layersync-sample`` call
+        it: ``stem`` in a folder that does not exist yet."""
+        x, info = self.draw_samples(cond)
+        path = interfaces.save_samples(self.modality, x, stem, info).path
         return path, f"{len(x)} samples at cfg_scale {CFG_SCALE}: {path.name}, {path.stat().st_size:,} bytes"
 
     def conditions(self, folder: Path):
@@ -470,12 +445,10 @@ class Pipeline:
             raise Failed(f"the items' conditions are {describe(self.batch.cond)}, not class labels, and the modality "
                          "has no conditions(values, config, num_classes): layersync-sample has only labels to give "
                          "the backbone")
-        cond, mask, facts = interfaces.condition_pool(self.modality, [], self.config, self.num_classes)
+        cond, mask, facts = self.pipe.pool
         self.like_data("conditions([])", cond, mask)
         n = min(BATCH, trees.batch_size(cond))
-        first = trees.to_device(trees.rows(cond, slice(0, n)), self.device)
-        path, _ = self.save(first, None if mask is None else mask[:n].to(self.device),
-                            {key: list(values[:n]) for key, values in facts.items()}, folder / "conditions" / "samples")
+        path, _ = self.save(self.pipe.conditions(np.arange(n)), folder / "conditions" / "samples")
         named = f", facts {', '.join(facts)}" if facts else ""
         return None, f"{trees.batch_size(cond)} conditions {describe(cond)}{named}; {n} samples: {path.name}"
 
@@ -488,43 +461,39 @@ class Pipeline:
                          "tensors shaped like x")
         return None, f"{len(views)} views of {describe(self.x)}"
 
-    @property
-    def cfg_dropout(self) -> float:
-        return self.config["train"]["cfg_dropout"]
-
 
 def check_modality(rep: Report, reg: Registry, name: str, device, folder: Path, used: set) -> None:
-    pipe = Pipeline(reg, name, device, folder / name)
+    recipe = Recipe(reg, name, device, folder / name)
     item = item_name("modalities", name)
-    config = rep.run(item, "recipe", pipe.recipe)
+    config = rep.run(item, "recipe", recipe.load)
     if config is NOT_RUN:
         return
     pieces = {c: configuration.options(config[key])[0] for c, key in
               (("datasets", "data"), ("tokenizers", "tokenizer"), ("backbones", "model"))}
     used.update(pieces.items())
     data, tok, net = (item_name(c, pieces[c]) for c in ("datasets", "tokenizers", "backbones"))
-    dataset = rep.run(data, "build", pipe.build_dataset)
-    items = batch = rep.run(data, "batch", pipe.first_batch, needs=(dataset,))
-    tokenizer = rep.run(tok, "build", pipe.build_tokenizer, needs=(dataset,))
-    if not getattr(pipe, "encoded", False):
-        batch = rep.run(tok, "encode", pipe.encode, needs=(batch, tokenizer))
-    model = rep.run(net, "build", pipe.build_backbone, needs=(tokenizer,))
+    dataset = rep.run(data, "build", recipe.build_dataset)
+    items = batch = rep.run(data, "batch", recipe.first_batch, needs=(dataset,))
+    tokenizer = rep.run(tok, "build", recipe.build_tokenizer, needs=(dataset,))
+    if not getattr(recipe, "encoded", False):
+        batch = rep.run(tok, "encode", recipe.encode, needs=(batch, tokenizer))
+    model = rep.run(net, "build", recipe.build_backbone, needs=(tokenizer,))
     if model is NOT_RUN or batch is NOT_RUN:
         rep.add("SKIP", net, "forward", "not run: a check it needs did not pass")
         out = NOT_RUN
     else:
-        out = check_backbone(rep, net, model, batch, config, pipe.cfg_dropout)
-    preview = rep.run(data, "preview", pipe.preview, needs=(items,))
-    rep.run(item, "save_samples", lambda: pipe.save(*preview, {}, folder / name / "samples" / "step_0000000"),
+        out = check_backbone(rep, net, model, batch, config)
+    preview = rep.run(data, "preview", recipe.preview, needs=(items,))
+    rep.run(item, "save_samples", lambda: recipe.save(preview, folder / name / "samples" / "step_0000000"),
             needs=(out, preview))
-    if pipe.modality.conditions is not None or items is not NOT_RUN and not is_labels(items.cond):
-        rep.run(item, "conditions", lambda: pipe.conditions(folder / name), needs=(out,))
-    if pipe.modality.cache_views is not None:
-        rep.run(item, "cache_views", pipe.cache_views, needs=(items,))
-    if pipe.modality.cache_recipe is not None:
-        check_cache_recipe(rep, reg, pipe.modality, used)
-    sets = EvalSets(pipe, folder / name / "eval")
-    for evaluator in pipe.modality.evaluators:
+    if recipe.modality.conditions is not None or items is not NOT_RUN and not is_labels(items.cond):
+        rep.run(item, "conditions", lambda: recipe.conditions(folder / name), needs=(out,))
+    if recipe.modality.cache_views is not None:
+        rep.run(item, "cache_views", recipe.cache_views, needs=(items,))
+    if recipe.modality.cache_recipe is not None:
+        check_cache_recipe(rep, reg, recipe.modality, used)
+    sets = functools.cache(lambda: eval_sets(recipe, folder / name / "eval"))
+    for evaluator in recipe.modality.evaluators:
         used.add(("evaluators", evaluator))
         rep.run(item_name("evaluators", evaluator), "evaluate",
                 lambda e=evaluator: check_evaluator(reg, e, sets, device),
@@ -552,42 +521,40 @@ def check_cache_recipe(rep: Report, reg: Registry, modality, used: set) -> None:
 # ---------------------------------------------------------------- pieces without a recipe
 
 
-def tiny_backbone(reg: Registry, name: str):
+def tiny_backbone(reg: Registry, name: str, device):
     """Backbone ``name`` (``plugin:item``) at ``TINY_SIZE`` on the first of ``TINY_SHAPES`` it accepts, built
-    through the registry as a recipe's is (its errors name the plugin and the item): (model, input shape)."""
+    through the registry as a recipe's is (its errors name the plugin and the item): ((model, input shape), detail)."""
     if "size" not in inspect.signature(reg.get("backbones", name)).parameters:
         raise Skipped(f"{NOT_EXERCISED}; its factory takes no size to build it small with")
     errors = []
     for shape in TINY_SHAPES:
         try:
             torch.manual_seed(0)
-            return build.make(reg, "backbones", name, shape, TINY_CLASSES, size=TINY_SIZE), shape
+            model = build.make(reg, "backbones", name, shape, TINY_CLASSES, size=TINY_SIZE)
         except PluginError:  # a breach of the contract, not an input the backbone does not suit
             raise
         except Exception as exc:  # noqa: BLE001 - this input rank does not suit the backbone; try the next
             errors.append(f"{shape}: {one_line(exc)}")
+            continue
+        return (model.to(device), shape), f"size {TINY_SIZE}, input {shape}, {TINY_CLASSES} classes (no recipe)"
     raise Skipped(f"{NOT_EXERCISED}; size {TINY_SIZE} on none of the inputs {'; '.join(errors)}")
 
 
 def check_tiny_backbone(rep: Report, reg: Registry, plugin: str, name: str, device) -> None:
     item = item_name("backbones", name)
-
-    def make():
-        model, shape = tiny_backbone(reg, f"{plugin}:{name}")
-        return (model.to(device), shape), f"size {TINY_SIZE}, input {shape}, {TINY_CLASSES} classes (no recipe)"
-
-    built = rep.run(item, "build", make)
+    built = rep.run(item, "build", lambda: tiny_backbone(reg, f"{plugin}:{name}", device))
     if built is NOT_RUN:
         return
     model, shape = built
     batch = Batch(torch.randn(BATCH, *shape, device=device), torch.randint(TINY_CLASSES, (BATCH,), device=device))
     config = configuration.load(None, None, ["layersync.pairs=[]"])  # LayerSync on blocks (1, depth)
-    check_backbone(rep, item, model, batch, config, config["train"]["cfg_dropout"])
+    check_backbone(rep, item, model, batch, config)
 
 
 def check_weights(weight) -> tuple:
-    if not isinstance(weight, WeightFile):
-        raise Failed(f"registered {describe(weight)}, expected a layersync.metrics.WeightFile")
+    rule = interfaces.violation("weight", weight)
+    if rule:
+        raise Failed(f"registered {describe(weight)}, expected {rule}")
     return None, f"{weight.filename} present at {resolve_weights(weight)}"
 
 

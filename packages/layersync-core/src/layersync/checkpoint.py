@@ -19,11 +19,16 @@ import torch.distributed as dist
 
 from layersync.errors import ConfigError, DataError, WriteError
 from layersync.files import _fsync, atomic
+from layersync.sampling import derive_seed
+from layersync.train.optim import load_optimizer_state
 
 log = logging.getLogger("layersync")
 PATTERN = re.compile(r"step_(\d+)(\.pt)?$")
 META = "meta.pt"  # in a folder: the non-sharded part, read with weights_only=True
 SHARDED = "sharded"  # meta's list of the entries held as DCP shards
+TENSORS = ("model", "ema", "optimizer")  # the entries a training checkpoint's folder holds as DCP shards
+# What a training checkpoint must hold to be resumed from (``restore_training``); one without is set aside as corrupt.
+RESTORE_KEYS = ("step", "config", "model", "ema", "optimizer", "step_generator", "torch_rng")
 
 
 def save(state: dict, directory: Path, step: int, keep: int = 0, keep_every: int = 0) -> Path:
@@ -49,15 +54,6 @@ def prune(directory: Path, step: int, keep: int, keep_every: int) -> None:
                 shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
-def _main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def save_sharded(tensors: dict, meta: dict, directory: Path, step: int, keep: int = 0, keep_every: int = 0) -> Path:
     """A collective: write ``step_NNNNNNN/`` through ``step_NNNNNNN.tmp/``. ``tensors`` (nested dicts of
     DTensors or tensors: each process writes its shards) through DCP, ``meta`` (``SHARDED`` names the
@@ -66,13 +62,15 @@ def save_sharded(tensors: dict, meta: dict, directory: Path, step: int, keep: in
 
     path = Path(directory) / f"step_{step:07d}"
     tmp = path.with_name(path.name + ".tmp")
+    main = not dist.is_initialized() or dist.get_rank() == 0
+    barrier = dist.barrier if dist.is_initialized() else lambda: None
     try:
-        if _main():
+        if main:
             shutil.rmtree(tmp, ignore_errors=True)  # left by a crash
             tmp.mkdir(parents=True)
-        _barrier()
+        barrier()
         dcp_save(tensors, checkpoint_id=tmp)  # fsyncs its files
-        if _main():
+        if main:
             with open(tmp / META, "wb") as f:
                 torch.save({**meta, SHARDED: sorted(tensors)}, f)
                 f.flush()
@@ -83,9 +81,9 @@ def save_sharded(tensors: dict, meta: dict, directory: Path, step: int, keep: in
             _fsync(path.parent, folder=True)
     except OSError as exc:
         raise WriteError(path, exc) from None
-    if _main():
+    if main:
         prune(directory, step, keep, keep_every)
-    _barrier()
+    barrier()
     return path
 
 
@@ -117,8 +115,7 @@ def list_checkpoints(directory: Path) -> list[Path]:
 
 
 def latest(directory: Path) -> Path | None:
-    found = list_checkpoints(directory)
-    return found[-1] if found else None
+    return next(reversed(list_checkpoints(directory)), None)
 
 
 def load(path: Path, map_location="cpu", keys=(), whole: bool = True) -> dict:
@@ -127,13 +124,14 @@ def load(path: Path, map_location="cpu", keys=(), whole: bool = True) -> dict:
     ``model`` and ``ema`` read whole (without: the caller reads the shards, ``load_sharded``)."""
     path = Path(path)
     if path.is_dir():
-        state = load(path / META, map_location, [key for key in keys if key not in ("model", "ema", "optimizer")])
+        state = load(path / META, map_location, [key for key in keys if key not in TENSORS])
         missing = [key for key in keys if key not in state and key not in state.get(SHARDED, ())]
         if missing or not (path / ".metadata").is_file():
             raise ValueError(f"checkpoint {path} lacks {', '.join(missing) or 'its DCP .metadata'}")
-        if whole:
-            entries = [key for key in ("model", "ema") if key in state[SHARDED]]
-            state.update(load_sharded(path, whole_tensors(path, entries, map_location)))
+        if whole:  # empty whole tensors, shaped as the metadata says, to read the shards into
+            state.update(load_sharded(path, {entry: {name: torch.empty(size, dtype=dtype, device=map_location)
+                                                     for name, (size, dtype) in layout(path, entry).items()}
+                                             for entry in ("model", "ema") if entry in state[SHARDED]}))
         return state
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
@@ -157,12 +155,6 @@ def layout(path: Path, entry: str) -> dict[str, tuple[torch.Size, torch.dtype]]:
     items = FileSystemReader(path).read_metadata().state_dict_metadata.items()
     return {key[len(entry) + 1:]: (item.size, item.properties.dtype) for key, item in items
             if key.startswith(entry + ".") and isinstance(item, TensorStorageMetadata)}
-
-
-def whole_tensors(path: Path, entries, map_location="cpu") -> dict:
-    """Empty whole tensors for the ``entries`` of a DCP folder."""
-    return {entry: {name: torch.empty(size, dtype=dtype, device=map_location)
-                    for name, (size, dtype) in layout(path, entry).items()} for entry in entries}
 
 
 def load_sharded(path: Path, tensors: dict) -> dict:
@@ -203,3 +195,67 @@ def load_latest(directory: Path, keys=(), map_location="cpu", move_aside: bool =
         raise DataError(f"no checkpoint in {directory} can be read (each was moved aside as *.corrupt): nothing "
                         "to resume from; put a good checkpoint back, or start over with --restart")
     return None
+
+
+def training_state(meta: dict, model, ema, optimizer, generator: torch.Generator) -> dict:
+    """What a training checkpoint holds: ``meta`` (step, config, shapes), the weights, EMA weights and optimizer
+    state, and the states of the step's generator and of torch's (CUDA) generators."""
+    state = {**meta, "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+             "step_generator": generator.get_state(), "step_generator_device": generator.device.type,
+             "torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def save_training(state: dict, directory: Path, sharded: bool, keep: int = 0, keep_every: int = 0) -> Path:
+    """A ``training_state``: ``step_N.pt`` (``save``); ``sharded`` (a collective): ``step_N/``, each process's part
+    of the weights, EMA weights and AdamW state (keyed by parameter index, as ``optimizer.state_dict()`` numbers
+    them) as DCP shards and the rest in ``meta.pt``."""
+    if not sharded:
+        return save(state, directory, state["step"], keep, keep_every)
+    optimizer = state["optimizer"]
+    tensors = {"model": state["model"], "ema": state["ema"],
+               "optimizer": {str(i): s for i, s in optimizer["state"].items()}}
+    meta = {key: value for key, value in state.items() if key not in TENSORS}
+    meta["optimizer_groups"] = optimizer["param_groups"]
+    return save_sharded(tensors, meta, directory, state["step"], keep, keep_every)
+
+
+def restore_training(state: dict, path: Path, model, ema, optimizer, generator: torch.Generator, seed: int) -> None:
+    """Load a training checkpoint's ``state`` into model, EMA, optimizer and generators; a DCP folder's (at
+    ``path``) holds no tensors in it: they are read here, into this run's layout (any number of processes)."""
+    if SHARDED in state:
+        tensors = load_sharded(path, _shards_like(path, model, ema, optimizer))
+        model.load_state_dict(tensors["model"])
+        ema.load_state_dict(tensors["ema"])
+        saved = {int(i): s for i, s in tensors["optimizer"].items()}
+        load_optimizer_state(optimizer, {"state": saved, "param_groups": state["optimizer_groups"]})
+    else:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        load_optimizer_state(optimizer, state["optimizer"])
+    step, saved_on = int(state["step"]), state.get("step_generator_device", "cpu")
+    if saved_on == generator.device.type:
+        generator.set_state(state["step_generator"].cpu())
+    else:  # a CPU generator's state does not fit a CUDA one (nor the other way round)
+        generator.manual_seed(derive_seed(seed, step))
+        log.info("the step generator was saved on %s and this run uses %s: reseeded from (seed, step %d); "
+                 "noise from here on differs from the saved run's", saved_on, generator.device.type, step)
+    torch.set_rng_state(state["torch_rng"].cpu())
+    cuda_rng = state.get("cuda_rng", [])
+    if torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda_rng])
+
+
+def _shards_like(path: Path, model, ema, optimizer) -> dict:
+    """Tensors to read a DCP folder's shards into: this process's weights and EMA weights, and AdamW's state
+    allocated as the folder's metadata says, sharded like its parameter."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = {}
+    for key, (size, dtype) in layout(path, "optimizer").items():
+        index, name = key.split(".")
+        param = params[int(index)]
+        like = torch.zeros_like(param) if name != "step" and size == param.shape else torch.zeros(size, dtype=dtype)
+        state.setdefault(index, {})[name] = like
+    return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": state}

@@ -11,7 +11,6 @@ from typing import Iterator
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from layersync.errors import ConfigError
@@ -37,6 +36,14 @@ def pick_device(preference: str) -> torch.device:
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(preference)
+
+
+def fast_defaults(device: torch.device) -> None:
+    """TF32 matmuls and cuDNN autotuning on CUDA (no effect on CPU)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
 
 
 def timeout_s() -> float:
@@ -100,8 +107,9 @@ def shard(model: torch.nn.Module) -> None:
 
 
 def local(tensor: torch.Tensor) -> torch.Tensor:
-    """This process's shard of a DTensor; a plain tensor as it is."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+    """This process's shard of a DTensor; a plain tensor as it is (DTensors are told by ``to_local``: importing
+    their module costs every command half a second)."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def full_state_dict(model: torch.nn.Module) -> dict:

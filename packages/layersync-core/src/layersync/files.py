@@ -47,14 +47,14 @@ def atomic(path: str | Path) -> Iterator[Path]:
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
-    except OSError as exc:
-        _discard(tmp)
+    except BaseException as exc:
+        with suppress(OSError):  # the folder itself is unusable: there is no partial file to remove
+            tmp.unlink(missing_ok=True)
+        if not isinstance(exc, OSError):
+            raise
         if exc.filename is not None and os.fspath(exc.filename) not in (os.fspath(tmp), os.fspath(path)):
             raise  # about another file (one the block reads): not this write's error
         raise WriteError(path, exc) from None
-    except BaseException:
-        _discard(tmp)
-        raise
     try:
         _fsync(path.parent, folder=True)
     except OSError as exc:
@@ -151,13 +151,6 @@ def _fsync(path: Path, folder: bool = False) -> None:
             raise  # some file systems cannot fsync a folder; a file's data must reach the disk
     finally:
         os.close(fd)
-
-
-def _discard(tmp: Path) -> None:
-    try:
-        tmp.unlink(missing_ok=True)
-    except OSError:  # the folder itself is unusable: there is no partial file to remove
-        pass
 
 
 def write_json(path: str | Path, data) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 import weakref
 import zipfile
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 
@@ -13,6 +15,7 @@ import torch
 
 from layersync import trees
 from layersync.errors import PluginError
+from layersync.metrics.weights import WeightFile
 
 if TYPE_CHECKING:
     import numpy as np
@@ -44,6 +47,25 @@ class Backbone(Protocol):
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]: ...
 
     def drop_cond(self, cond, drop: torch.Tensor): ...
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """A map-style data set: ``dataset[i]`` is ``(x, cond)``, or ``(x, cond, mask)`` for items of
+    varying length (``mask`` marks the real positions of ``x``).
+
+    ``sample_shape`` is the shape of one ``x`` (positive ints), ``num_classes`` the number of class
+    labels (0: unconditional or not labels). A data set of cached tokenizer outputs (latents) sets
+    ``encoded = True``; ``preview(n) -> (cond, mask or None)`` picks the conditions of n preview
+    samples (default: labels cycling through the classes).
+    """
+
+    sample_shape: tuple[int, ...]
+    num_classes: int
+
+    def __getitem__(self, index: int): ...
+
+    def __len__(self) -> int: ...
 
 
 def layout_problem(hidden: dict, capture: tuple[int, ...]) -> str | None:
@@ -135,6 +157,33 @@ class Evaluator(Protocol):
     def compute(self) -> dict[str, float]: ...
 
 
+# What a registered or built object must be, by kind: (test, the rule in words). A factory may be
+# registered as a "module:attribute" string, imported on first use.
+_RULES = {
+    "modality": (lambda obj: isinstance(obj, Modality), "a layersync.Modality"),
+    "weight": (lambda obj: isinstance(obj, WeightFile), "a layersync.metrics.WeightFile"),
+    "factory": (lambda obj: callable(obj) or isinstance(obj, str) and re.fullmatch(r"[\w.]+:[\w.]+", obj),
+                "a factory (a callable) or 'module:attribute' naming one"),
+    "dataset": (lambda obj: isinstance(obj, Dataset) and isinstance(obj.sample_shape, (tuple, list, torch.Size))
+                and all(isinstance(n, Integral) and n > 0 for n in obj.sample_shape)
+                and isinstance(obj.num_classes, Integral),
+                "a map-style Dataset (__getitem__, __len__) with sample_shape (positive ints) and an int num_classes"),
+    "tokenizer": (lambda obj: isinstance(obj, Tokenizer), "a Tokenizer (encode, decode, latent_shape)"),
+    "backbone": (lambda obj: isinstance(obj, torch.nn.Module) and isinstance(getattr(obj, "depth", None), Integral)
+                 and obj.depth >= 1 and callable(getattr(obj, "drop_cond", None)),
+                 "a torch.nn.Module with an int depth >= 1 and drop_cond(cond, drop)"),
+    "evaluator": (lambda obj: isinstance(obj, Evaluator), "an Evaluator (update(samples, real), compute())"),
+}
+
+
+def violation(kind: str, obj) -> str | None:
+    """The contract ``obj`` breaks as a ``kind`` (modality, weight, factory, dataset, tokenizer, backbone,
+    evaluator), as the rule it must keep ("a Tokenizer (encode, ...)"); None if it keeps it. None breaks
+    every rule: ``violation(kind, None)`` is the rule itself."""
+    test, rule = _RULES[kind]
+    return None if test(obj) else rule
+
+
 # Where an .npz holds samples: arr_0 in a sample set's samples.npz (the modality's array format), samples in
 # the .npz of a preview (layersync-sample --out STEM: float, as decoded). Readers take the first present.
 SAMPLE_KEYS = ("arr_0", "samples")
@@ -180,7 +229,7 @@ class Modality:
     """What a plugin offers under ``layersync-train --plugin NAME``.
 
     recipe: the default config file (YAML).
-    save_samples: ``save_samples(x, path_stem, info) -> Path`` writes decoded samples in
+    save_samples: ``save_samples(x, path_stem, info) -> Preview`` writes decoded samples in
         the form people look at (PNG grid, WAV, ...), not ``STEM.npz`` (``layersync-sample``'s
         own arrays); ``info`` is the tokenizer's ``sample_info`` (e.g. ``{"sample_rate": 16000}``),
         ``{}`` if it has none.
@@ -212,7 +261,7 @@ class Modality:
     name: str
     description: str
     recipe: Path
-    save_samples: Callable[[torch.Tensor, Path, dict], Path]
+    save_samples: Callable[[torch.Tensor, Path, dict], Preview]
     to_array: Callable[[torch.Tensor], np.ndarray] | None = None
     save_items: Callable[[np.ndarray, int, Path, dict], None] | None = None
     read_samples: Callable[[Path], SampleSet] | None = None
@@ -223,17 +272,19 @@ class Modality:
     check_fixture: Callable[[Path], list[str]] | None = None
 
 
-def save_samples(modality: Modality, x: torch.Tensor, stem: Path, info: dict) -> Path:
-    """``modality.save_samples`` as ``layersync-sample`` calls it, its result checked: a non-empty file,
-    not ``STEM.npz`` (the command's own arrays would replace it)."""
-    path = modality.save_samples(x, stem, info)
-    where = f"modality '{modality.name}': save_samples"
+def save_samples(modality: Modality, x: torch.Tensor, stem: Path, info: dict) -> Preview:
+    """``modality.save_samples`` as ``layersync-sample`` calls it, its result checked: a Preview of a
+    non-empty file, not ``STEM.npz`` (the command's own arrays would replace it). A plain path (plugins
+    older than Preview) is a ``"file"`` preview."""
+    result = modality.save_samples(x, stem, info)
+    preview = result if isinstance(result, Preview) else Preview("file", result)
+    path, where = preview.path, f"modality '{modality.name}': save_samples"
     if path is None or not Path(path).is_file() or Path(path).stat().st_size == 0:
         raise PluginError(f"{where} returned {path!r}, not a non-empty file it wrote")
     if Path(path) == Path(stem).with_suffix(".npz"):
         raise PluginError(f"{where} wrote {path}, where layersync-sample keeps its arrays: write another name "
                           "(STEM.png, STEM.npy, ...)")
-    return Path(path)
+    return Preview(preview.kind, Path(path), preview.rate)
 
 
 def condition_pool(modality: Modality, values: list[str], config: dict, num_classes: int) -> tuple:
@@ -263,3 +314,17 @@ def sample_info(tokenizer, dataset=None) -> dict:
     """What writing a decoded sample needs to know (the tokenizer's sample rate, the data set's
     normalisation, ...): ``sample_info`` of the data set, then of the tokenizer. Checkpoints keep it."""
     return {**(getattr(dataset, "sample_info", None) or {}), **(getattr(tokenizer, "sample_info", None) or {})}
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What a modality's ``save_samples`` wrote for people to look at, and how loggers show it.
+
+    kind: "image" (PNG, JPEG, ...), "video" (an animated GIF), "audio" (a 16-bit WAV) or "file"
+        (anything else; loggers leave it out).
+    rate: frames per second of a video, samples per second of audio; None elsewhere.
+    """
+
+    kind: str
+    path: Path
+    rate: float | None = None

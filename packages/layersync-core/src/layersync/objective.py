@@ -3,14 +3,48 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Iterable, Literal, Sequence, get_args
 
 import torch
 
-from layersync.paths import Path, expand_like, make_path
+from layersync.config import setting
+from layersync.errors import ConfigError
+from layersync.paths import Path, PathName, expand_like, make_path
 
-PREDICTIONS = ("velocity", "noise", "score")
-LOSS_WEIGHTS = ("none", "velocity", "likelihood")
+Prediction = Literal["velocity", "noise", "score"]
+LossWeight = Literal["none", "velocity", "likelihood"]
+PREDICTIONS, LOSS_WEIGHTS = get_args(Prediction), get_args(LossWeight)
+
+
+@dataclass
+class TransportConfig:
+    """The ``transport`` section: FlowObjective's arguments."""
+
+    path: PathName = setting("linear", "the interpolant path")
+    prediction: Prediction = setting("velocity", "what the model predicts")
+    loss_weight: LossWeight = setting("none", "loss weighting (noise and score predictions)")
+    train_eps: float | None = setting(None, "t kept this far from the path's ends in training; null: SiT's default",
+                                      low=0, high=1, open_high=True)
+    sample_eps: float | None = setting(None, "the same in sampling; null: SiT's default", low=0, high=1,
+                                       open_high=True)
+
+
+@dataclass
+class LayerSyncConfig:
+    """The ``layersync`` section: the LayerSync term's pairs and weight."""
+
+    pairs: list[tuple[int, int]] = setting(
+        [[8, 16]], "[[student, teacher], ...] 1-based block outputs; [] turns LayerSync off",
+        rule=lambda pairs: all(1 <= k < kt for k, kt in pairs),
+        text="a list of [student, teacher] block pairs with 1 <= student < teacher (or [] for off)")
+    weight: float = setting(0.2, "the weight of the LayerSync term", finite=False)  # inf, nan: check()'s message
+    detach_teacher: bool = setting(True, "stop the term's gradient at the teacher (the paper); false reproduces "
+                                         "the reference's Wan fine-tuning")
+
+    def check(self) -> None:
+        if not (math.isfinite(self.weight) and self.weight >= 0):  # NaN trains on NaN, inf or < 0 diverges
+            raise ConfigError(f"layersync.weight must be a finite number >= 0, got {self.weight!r}")
 
 
 class FlowObjective:
@@ -104,28 +138,17 @@ class LayerSync:
         self.pairs = [tuple(int(i) for i in p) for p in pairs]
         self.weight = float(weight)
         self.detach_teacher = bool(detach_teacher)
-        if not (math.isfinite(self.weight) and self.weight >= 0):
-            raise ValueError(f"LayerSync weight must be a finite number >= 0, got {weight!r}")
         for pair in self.pairs:
             if len(pair) != 2:
                 raise ValueError(f"LayerSync pair {pair} must be (student, teacher)")
-        if depth is not None:
-            self.validate(depth)
-        else:
-            self._check(None)
+        self.validate(depth)
 
-    def _check(self, depth):
+    def validate(self, depth: int | None) -> "LayerSync":
+        """Raise ``ValueError`` naming the pair (and the depth, if known) if a pair does not fit."""
         for k, kt in self.pairs:
             if k < 1 or kt <= k or (depth is not None and kt > depth):
-                where = f" of a {depth}-block model" if depth is not None else ""
-                raise ValueError(
-                    f"invalid LayerSync pair ({k}, {kt}){where}: need 1 <= student < teacher"
-                    + (f" <= {depth}" if depth is not None else "")
-                )
-
-    def validate(self, depth: int) -> "LayerSync":
-        """Raise ``ValueError`` naming the pair and depth if a pair does not fit."""
-        self._check(depth)
+                where, bound = (f" of a {depth}-block model", f" <= {depth}") if depth is not None else ("", "")
+                raise ValueError(f"invalid LayerSync pair ({k}, {kt}){where}: need 1 <= student < teacher{bound}")
         return self
 
     @property

@@ -8,8 +8,11 @@ noise and score predictions follow from them.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
+
+PathName = Literal["linear", "gvp", "vp"]  # the names of PATHS
 
 
 def expand_like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -8,20 +8,28 @@ reachable as ``plugin:item``. A plugin that declares no ``LAYERSYNC_PLUGIN_API``
 named after a hook but not marked with ``@hookimpl``, loads with a warning (logged). Environment:
 ``LAYERSYNC_DISABLE_PLUGINS=a,b`` skips plugins, ``LAYERSYNC_TRACE_PLUGINS=1`` logs each plugin's import
 and hook calls with their timings.
+
+A factory registered as a ``"module:attribute"`` string is imported on its first look-up, so that listing
+plugins imports none of their heavy dependencies; an import that fails is a PluginError naming the plugin,
+the item and the module.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata as md
 import logging
 import os
+import pkgutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pluggy
 
 from layersync import hookspecs
+from layersync.errors import PluginError
+from layersync.interfaces import violation
 
 ENTRY_POINT_GROUP = "layersync"
 CATEGORIES = ("modalities", "datasets", "tokenizers", "backbones", "evaluators", "weights")
@@ -56,19 +64,6 @@ class PluginInfo:
     disabled: bool = False
 
 
-def _value_rule(category: str) -> tuple[Callable[[object], bool], str]:
-    """How a hook's values are checked: (test, what was expected)."""
-    if category == "modalities":
-        from layersync.interfaces import Modality
-
-        return (lambda v: isinstance(v, Modality)), "a layersync.Modality"
-    if category == "weights":
-        from layersync.metrics.weights import WeightFile
-
-        return (lambda v: isinstance(v, WeightFile)), "a layersync.metrics.WeightFile"
-    return callable, "a factory (a callable)"
-
-
 def env_list(name: str) -> set[str]:
     return {item.strip() for item in os.environ.get(name, "").split(",") if item.strip()}
 
@@ -86,7 +81,7 @@ class Registry:
         self.plugins: list[PluginInfo] = []
         self.trace = env_flag("LAYERSYNC_TRACE_PLUGINS") if trace is None else trace
         disabled = env_list("LAYERSYNC_DISABLE_PLUGINS") if disabled is None else disabled
-        self._tables: dict[str, dict[str, tuple[str, object]]] = {c: {} for c in CATEGORIES}
+        self._tables: dict[str, dict[str, str]] = {c: {} for c in CATEGORIES}  # category -> name -> its plugin
         self._own: dict[str, dict[str, dict[str, object]]] = {}  # plugin -> category -> its items
         if entry_points is None:
             entry_points = md.entry_points(group=ENTRY_POINT_GROUP)
@@ -127,13 +122,12 @@ class Registry:
         self._own[ep.name] = found
         for category, items in found.items():
             table = self._tables[category]
-            for name, value in items.items():
+            for name in items:
                 if name in table:
-                    owner = table[name][0]
-                    self._warn(info, f"{singular(category)} '{name}' is already provided by plugin '{owner}': "
+                    self._warn(info, f"{singular(category)} '{name}' is already provided by plugin '{table[name]}': "
                                      f"refused here; use '{ep.name}:{name}' to choose this one")
                 else:
-                    table[name] = (ep.name, value)
+                    table[name] = ep.name
             if items:
                 info.provides[category] = sorted(items)
 
@@ -163,7 +157,7 @@ class Registry:
         found: dict[str, dict[str, object]] = {}
         for category in CATEGORIES:
             hook = getattr(self.pm.hook, f"layersync_{category}")
-            test, expected = _value_rule(category)
+            kind = singular(category) if category in ("modalities", "weights") else "factory"  # a violation kind
             for impl in hook.get_hookimpls():
                 if impl.plugin_name != plugin:
                     continue
@@ -175,14 +169,15 @@ class Registry:
                     continue
                 if not isinstance(value, Mapping):
                     raise PluginContractError(f"{hook.name}() returned {type(value).__name__}; "
-                                              f"expected a dict of name -> {expected}")
+                                              f"expected a dict of name -> {violation(kind, None)}")
                 for name, item in value.items():
                     if not isinstance(name, str) or not name or ":" in name:
                         raise PluginContractError(f"{hook.name}() returned the name {name!r}; "
                                                   f"expected a non-empty string without ':'")
-                    if not test(item):
+                    rule = violation(kind, item)
+                    if rule:
                         raise PluginContractError(f"{singular(category)} '{name}' is {type(item).__name__}; "
-                                                  f"expected {expected}")
+                                                  f"expected {rule}")
                 found.setdefault(category, {}).update(value)
         return found
 
@@ -199,36 +194,56 @@ class Registry:
 
     def owner(self, category: str, name: str) -> str:
         """The plugin whose item a name resolves to."""
+        self.get(category, name)  # raises, saying why, if it resolves to none
         plugin, _, item = name.rpartition(":")
-        if plugin:
-            self.get(category, name)
-            return plugin
-        try:
-            return self._tables[category][item][0]
-        except KeyError:
-            self.get(category, name)  # raises, saying why
-            raise
+        return plugin or self._tables[category][item]
 
     def get(self, category: str, name: str):
-        """Return the registered value or raise ``KeyError`` saying why it is not there:
-        the plugin of that name failed to load (and how), or the known names."""
+        """Return the registered value (a ``"module:attribute"`` factory imported now) or raise ``KeyError``
+        saying why it is not there: the plugin of that name failed to load (and how), or the known names."""
         plugin, _, item = name.rpartition(":")
-        if plugin:
-            return self._qualified(category, plugin, item)
-        try:
-            return self._tables[category][name][1]
-        except KeyError:
-            raise KeyError(self._unknown(category, name)) from None
-
-    def _qualified(self, category: str, plugin: str, item: str):
-        what = singular(category)
+        if not plugin:
+            try:
+                plugin = self._tables[category][name]
+            except KeyError:
+                raise KeyError(self._unknown(category, name)) from None
         if plugin not in self._own:
             raise KeyError(self._plugin_problem(plugin))
+        items = self._own[plugin].get(category, {})
+        if item not in items:
+            known = ", ".join(sorted(items)) or "none"
+            raise KeyError(f"plugin '{plugin}' provides no {singular(category)} '{item}' (its {category}: {known})")
+        if isinstance(items[item], str):
+            items[item] = self._import(plugin, f"{singular(category)} '{item}'", items[item])
+        return items[item]
+
+    def _import(self, plugin: str, what: str, reference: str):
+        """The factory a ``"module:attribute"`` string names."""
+        began = time.perf_counter()
         try:
-            return self._own[plugin][category][item]
-        except KeyError:
-            known = ", ".join(sorted(self._own[plugin].get(category, {}))) or "none"
-            raise KeyError(f"plugin '{plugin}' provides no {what} '{item}' (its {category}: {known})") from None
+            factory = pkgutil.resolve_name(reference)
+        except Exception as exc:  # noqa: BLE001 - whatever the module raises, name who registered it
+            raise PluginError(f"plugin '{plugin}': {what} is {reference}, which failed to import: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        self._traced(f"plugin '{plugin}': imported {reference} in {_ms(began)}")
+        if not callable(factory):
+            raise PluginError(f"plugin '{plugin}': {what} is {reference}, a {type(factory).__name__}; "
+                              "expected a factory (a callable)")
+        return factory
+
+    def add_flags(self, parser, command: str) -> None:
+        """The plugins' own flags of ``command`` (``layersync_add_flags``); a flag that is taken already is a
+        PluginError naming the plugin."""
+        for impl in self.pm.hook.layersync_add_flags.get_hookimpls():
+            try:
+                _call(impl, parser=parser, command=command)
+            except argparse.ArgumentError as exc:
+                raise PluginError(f"plugin '{impl.plugin_name}': layersync_add_flags: {exc}") from None
+
+    def flag_config(self, args, command: str) -> list[tuple[str, str, object]]:
+        """(flag, config key, value) of every plugin flag given (``layersync_flag_config``)."""
+        return [setting for impl in self.pm.hook.layersync_flag_config.get_hookimpls()
+                for setting in _call(impl, args=args, command=command) or []]
 
     def _plugin_problem(self, plugin: str) -> str:
         """Why a plugin of this name is not loaded."""
@@ -269,6 +284,11 @@ def unmarked_hooks(module) -> list[str]:
     ignores them, silently)."""
     return [name for name in HOOKS
             if callable(getattr(module, name, None)) and not hasattr(getattr(module, name), "layersync_impl")]
+
+
+def _call(impl, **kwargs):
+    """A hook implementation called with the arguments it names (pluggy lets it take fewer than its spec)."""
+    return impl.function(*(kwargs[name] for name in impl.argnames))
 
 
 class PluginContractError(TypeError):

@@ -1,9 +1,4 @@
-"""Representation probes: how well each block's features encode the class, and how alike blocks are.
-
-``linear_cka`` compares two feature matrices (centred linear CKA); ``probe_accuracy`` fits a
-closed-form ridge probe on half the items and scores the other half; ``profile`` runs a backbone
-on noised data at one time t and applies both to every block's mean-pooled tokens.
-"""
+"""Representation probes (``profile``): how well each block's features encode the class, and how alike blocks are."""
 
 from __future__ import annotations
 

@@ -7,19 +7,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
-from torchdiffeq import odeint
 
 from layersync import trees
+from layersync.config import setting
+from layersync.errors import ConfigError
 from layersync.objective import FlowObjective
 from layersync.paths import expand_like
 
-ODE_SOLVERS = {"euler": "euler", "heun": "heun2", "dopri5": "dopri5"}
-SDE_SOLVERS = ("euler", "heun")
-LAST_STEPS = ("mean", "euler", "tweedie", "none")
-DIFFUSION_FORMS = ("constant", "sbdm", "sigma", "linear", "decreasing", "increasing-decreasing")
+Method = Literal["ode", "sde"]
+Solver = Literal["euler", "heun", "dopri5"]  # an SDE: euler or heun
+DiffusionForm = Literal["constant", "sbdm", "sigma", "linear", "decreasing", "increasing-decreasing"]
+LastStep = Literal["mean", "euler", "tweedie", "none"]
+ODE_SOLVERS = dict(zip(get_args(Solver), ("euler", "heun2", "dopri5")))  # torchdiffeq's names
+SDE_SOLVERS, LAST_STEPS, DIFFUSION_FORMS = ("euler", "heun"), get_args(LastStep), get_args(DiffusionForm)
 
 
 def ode_solve(velocity, x, t0: float, t1: float, solver="heun", steps=50, atol=1e-6, rtol=1e-3):
@@ -27,6 +31,8 @@ def ode_solve(velocity, x, t0: float, t1: float, solver="heun", steps=50, atol=1
 
     euler and heun take ``steps`` fixed steps; dopri5 is adaptive (atol, rtol).
     """
+    from torchdiffeq import odeint  # here, not at the top: it imports scipy, which listing plugins does not need
+
     if solver not in ODE_SOLVERS:
         raise ValueError(f"unknown ODE solver '{solver}' (expected one of: {', '.join(ODE_SOLVERS)})")
     n = 2 if solver == "dopri5" else steps + 1
@@ -69,26 +75,13 @@ def gaussian(like: torch.Tensor, generator=None) -> torch.Tensor:
     return torch.randn(like.shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
 
 
-def sde_solve(
-    fields,
-    diffusion,
-    x,
-    t0: float,
-    t1: float,
-    steps=250,
-    solver="euler",
-    last_step="mean",
-    last_step_size=0.04,
-    generator=None,
-    tweedie=None,
-):
+def sde_solve(fields, diffusion, x, t0: float, t1: float, steps=250, solver="euler", last_step="mean",
+              last_step_size=0.04, generator=None, tweedie=None):
     """Reverse SDE from t0 to t1 in ``steps - 1`` stochastic steps plus a last step.
 
-    fields(x, t) -> (velocity, score); diffusion(x, t) -> w; ``generator``: see
-    ``gaussian``. The last step
-    goes from t1 to t1 + last_step_size without noise: ``mean`` follows the
-    SDE drift, ``euler`` the ODE drift, ``tweedie`` jumps to E[x_data | x],
-    ``none`` stops at t1.
+    fields(x, t) -> (velocity, score); diffusion(x, t) -> w; ``generator``: see ``gaussian``. The last step
+    goes from t1 to t1 + last_step_size without noise: ``mean`` follows the SDE drift, ``euler`` the ODE
+    drift, ``tweedie`` jumps to E[x_data | x], ``none`` stops at t1.
     """
     if solver not in SDE_SOLVERS:
         raise ValueError(f"unknown SDE solver '{solver}' (expected one of: {', '.join(SDE_SOLVERS)})")
@@ -129,24 +122,34 @@ def sde_solve(
 class SamplerConfig:
     """The ``sample`` section of a config."""
 
-    method: str = "ode"  # ode | sde
-    solver: str = "heun"  # ode: euler | heun | dopri5; sde: euler | heun
-    steps: int = 50
-    atol: float = 1e-6
-    rtol: float = 1e-3
-    cfg_scale: float = 1.0
-    guidance_interval: tuple[float, float] = (0.0, 1.0)
-    cfg_channels: int | None = None  # guide the first N channels only (SiT/DiT: 3); None: all
-    diffusion_form: str = "sigma"
-    diffusion_norm: float = 1.0
-    last_step: str = "mean"
-    last_step_size: float = 0.04
-    num: int = 64
+    method: Method = setting("ode", "probability-flow ODE or reverse SDE")
+    solver: Solver = setting("heun", "ode: euler, heun or dopri5; sde: euler or heun")
+    steps: int = setting(50, "solver steps (an SDE: time grid points, at least 2)", low=1)
+    atol: float = setting(1e-6, "dopri5's absolute tolerance", low=0, open_low=True)
+    rtol: float = setting(1e-3, "dopri5's relative tolerance", low=0, open_low=True)
+    cfg_scale: float = setting(1.0, "classifier-free guidance scale; 1: no guidance")
+    guidance_interval: tuple[float, float] = setting([0.0, 1.0], "[lo, hi] of t where guidance applies", low=0,
+                                                     high=1, rule=lambda lo_hi: lo_hi[0] <= lo_hi[1],
+                                                     text="{} with lo <= hi")
+    cfg_channels: int | None = setting(None, "guide the first N channels only (SiT/DiT: 3); null: all", low=1)
+    diffusion_form: DiffusionForm = setting("sigma", "the SDE's diffusion coefficient")
+    diffusion_norm: float = setting(1.0, "the scale of the SDE's diffusion", low=0)
+    last_step: LastStep = setting("mean", "the SDE's last, noise-free step")
+    last_step_size: float = setting(0.04, "the length in t of the SDE's last step", low=0, high=1, open_high=True)
+    num: int = setting(64, "preview samples", low=1)
 
     def __post_init__(self):
         k = self.cfg_channels
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise ValueError(f"cfg_channels must be a positive integer or null (all channels), got {k!r}")
+
+    def check(self) -> None:
+        if self.method == "sde" and self.solver not in SDE_SOLVERS:
+            raise ConfigError(f"sample.solver={self.solver}: expected one of {', '.join(SDE_SOLVERS)} with "
+                              "sample.method=sde")
+        if self.method == "sde" and self.steps < 2:
+            raise ConfigError(f"sample.steps={self.steps}: expected an integer >= 2 with sample.method=sde "
+                              "(time grid points)")
 
 
 class Sampler:
@@ -225,9 +228,8 @@ class Sampler:
             s = obj.path.sigma(expand_like(t, x))[0]
             return (x + s**2 * fields(x, t)[1]) / a
 
-        return sde_solve(
-            fields, diffusion, noise, t0, t1, cfg.steps, cfg.solver, cfg.last_step, cfg.last_step_size, generator, tweedie
-        )
+        return sde_solve(fields, diffusion, noise, t0, t1, cfg.steps, cfg.solver, cfg.last_step, cfg.last_step_size,
+                         generator, tweedie)
 
 
 class CompiledModel:

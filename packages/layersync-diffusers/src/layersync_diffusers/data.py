@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from layersync.errors import ConfigError, DataError
 from layersync.files import atomic
+from layersync.interfaces import Preview
 
 KEYS = ("latent", "text", "pooled")
 
@@ -72,9 +73,9 @@ def conditions(values: list[str], config: dict, num_classes: int):
     return data.preview(min(len(data), config["sample"]["num"]))
 
 
-def save_latents(x: torch.Tensor, stem: Path, info: dict | None = None) -> Path:
+def save_latents(x: torch.Tensor, stem: Path, info: dict | None = None) -> Preview:
     """Samples are latents: ``stem.safetensors`` (decode them with the model's own VAE)."""
     path = Path(stem).with_suffix(".safetensors")
     with atomic(path) as tmp:
         save_file({"latent": x.detach().float().cpu().contiguous()}, str(tmp))
-    return path
+    return Preview("file", path)

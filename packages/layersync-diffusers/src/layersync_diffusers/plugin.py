@@ -4,8 +4,7 @@ from pathlib import Path
 
 from layersync import Modality, hookimpl
 
-from layersync_diffusers.adapter import build_diffusers  # imports diffusers and peft only when it builds
-from layersync_diffusers.data import TextLatents, conditions, save_latents
+from layersync_diffusers.data import conditions, save_latents
 from layersync_diffusers.fixture import check_fixture
 
 RECIPES = Path(__file__).parent / "recipes"
@@ -29,9 +28,9 @@ def layersync_modalities():
 
 @hookimpl
 def layersync_datasets():
-    return {"text-latents": TextLatents}
+    return {"text-latents": "layersync_diffusers.data:TextLatents"}
 
 
 @hookimpl
 def layersync_backbones():
-    return {"diffusers": build_diffusers}
+    return {"diffusers": "layersync_diffusers.adapter:build_diffusers"}  # diffusers and peft on first use

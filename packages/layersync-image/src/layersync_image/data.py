@@ -355,8 +355,3 @@ def build_images(path: str | None = None, image_size: int = 16, channels: int = 
     if is_parquet(path):
         return ParquetImageDataset(path, image_size, channels, hflip, on_error)
     return ImageFolderDataset(path, image_size, channels, hflip, on_error)
-
-
-def with_flip(x: torch.Tensor) -> list[torch.Tensor]:
-    """The views a latent cache stores of an image batch: the images and their horizontal flips."""
-    return [x, x.flip(-1)]

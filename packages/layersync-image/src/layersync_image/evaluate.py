@@ -15,7 +15,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from layersync.errors import DataError
 from layersync.interfaces import npz_samples_key
@@ -88,10 +87,6 @@ def _gather_rows(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _summed(stats: GaussianStats) -> GaussianStats:
-    return GaussianStats(stats.dim).merge(stats).all_reduce()
-
-
 class _Side:
     """What the evaluator keeps of one image set (samples or reference)."""
 
@@ -145,7 +140,7 @@ class ImageEvaluator:
         real = self.sides[True]
         if real.count < 2:
             raise DataError(f"reference statistics need at least 2 reference images, got {real.count}")
-        pool, spatial = _summed(real.pool), _summed(real.spatial)
+        pool, spatial = real.pool.summed(), real.spatial.summed()
         return {"mu": pool.mean, "sigma": pool.cov, "mu_s": spatial.mean, "sigma_s": spatial.cov}
 
     @torch.no_grad()
@@ -161,8 +156,8 @@ class ImageEvaluator:
         fake, real = self.sides[False], self.sides[True]
         if fake.count == 0 or real.count == 0:
             raise DataError(f"need both samples and reference images, got {fake.count} samples and {real.count} reference")
-        fake_pool, fake_spatial = _summed(fake.pool), _summed(fake.spatial)
-        real_pool, real_spatial = _summed(real.pool), _summed(real.spatial)
+        fake_pool, fake_spatial = fake.pool.summed(), fake.spatial.summed()
+        real_pool, real_spatial = real.pool.summed(), real.spatial.summed()
         n, n_ref = fake_pool.count, real_pool.count
         if n < max(self.splits, self.k + 1) or n_ref < self.k + 1:
             raise DataError(f"{n} samples and {n_ref} reference images are too few: the Inception Score needs "
@@ -266,6 +261,8 @@ class FolderImages:
     """Image files under a folder (searched recursively, sorted), all of one size."""
 
     def __init__(self, path: str | Path):
+        from torchvision.datasets.folder import IMG_EXTENSIONS  # torchvision only when reading a folder
+
         self.path = Path(path)
         self.files = sorted(f for f in self.path.rglob("*") if f.suffix.lower() in IMG_EXTENSIONS)
         if not self.files:

@@ -4,16 +4,20 @@ from pathlib import Path
 
 from layersync import IdentityTokenizer, Modality, hookimpl
 
-from layersync_image.data import DigitsDataset, Mnist5kDataset, ParquetImageDataset, build_images, with_flip
+from layersync_image import reference_flags
 from layersync_image.evaluate import open_images
 from layersync_image.inception import INCEPTION_FID
 from layersync_image.output import save_grid, to_uint8_nhwc
-from layersync_image.sit import build_sit
-from layersync_image.vae import sd_vae
 
 RECIPES = Path(__file__).parent / "recipes"
 
 LAYERSYNC_PLUGIN_API = 1  # the layersync.PLUGIN_API this plugin is written for
+
+
+def with_flip(x):
+    """The views a latent cache stores of an image batch: the images and their horizontal flips (here, not in
+    data.py, whose pyarrow would load with the plugin)."""
+    return [x, x.flip(-1)]
 
 
 @hookimpl
@@ -35,31 +39,36 @@ def layersync_modalities():
 
 @hookimpl
 def layersync_datasets():
-    return {"imagefolder": build_images, "digits": DigitsDataset, "mnist-5k": Mnist5kDataset,
-            "parquet": ParquetImageDataset}
+    return {"imagefolder": "layersync_image.data:build_images", "digits": "layersync_image.data:DigitsDataset",
+            "mnist-5k": "layersync_image.data:Mnist5kDataset", "parquet": "layersync_image.data:ParquetImageDataset"}
 
 
 @hookimpl
 def layersync_tokenizers():
-    return {"pixels": IdentityTokenizer, "sd-vae": sd_vae}
+    return {"pixels": IdentityTokenizer, "sd-vae": "layersync_image.vae:sd_vae"}
 
 
 @hookimpl
 def layersync_backbones():
-    return {"sit": build_sit}
-
-
-def build_image_evaluator(**options):
-    from layersync_image.evaluate import ImageEvaluator  # torch-fidelity only when evaluating
-
-    return ImageEvaluator(**options)
+    return {"sit": "layersync_image.sit:build_sit"}  # timm on first use
 
 
 @hookimpl
 def layersync_evaluators():
-    return {"image": build_image_evaluator}
+    return {"image": "layersync_image.evaluate:ImageEvaluator"}
 
 
 @hookimpl
 def layersync_weights():
     return {INCEPTION_FID.name: INCEPTION_FID}
+
+
+@hookimpl
+def layersync_add_flags(parser, command):
+    if command == "train":
+        reference_flags.add_flags(parser)
+
+
+@hookimpl
+def layersync_flag_config(args, command):
+    return reference_flags.settings(args) if command == "train" else []

@@ -6,20 +6,14 @@ import torch
 import torch.nn as nn
 from timm.layers import PatchEmbed
 
-from layersync.nn import SIZES, LabelEmbedder, TimestepEmbedder, Trunk, sincos_pos_embed
+from layersync.nn import LabelEmbedder, TimestepEmbedder, Trunk, parse_sit_size, sincos_pos_embed
 
 PATCHES = (1, 2, 4, 8)
 
 
 def parse_size(size: str) -> tuple[int, int, int, int]:
     """'XL/2' -> (depth, hidden, heads, patch)."""
-    name, _, patch = size.partition("/")
-    if name not in SIZES or not patch.isdigit() or int(patch) not in PATCHES:
-        raise ValueError(
-            f"unknown SiT size '{size}' (expected NAME/PATCH with NAME in {', '.join(SIZES)} "
-            f"and PATCH in {', '.join(map(str, PATCHES))})"
-        )
-    return (*SIZES[name], int(patch))
+    return parse_sit_size(size, "SiT", PATCHES)
 
 
 class SiT(Trunk):

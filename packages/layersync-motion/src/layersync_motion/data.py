@@ -20,6 +20,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -31,8 +32,6 @@ from layersync.errors import ConfigError, DataError
 log = logging.getLogger("layersync")
 
 MOCAP = Path(__file__).parent / "data" / "mocap.npz"
-ON_ERROR = ("fail", "skip")
-CONDITIONS = ("text", "action", "none")
 UNIT = 4  # MDM's unit_length: item lengths are multiples of it
 
 
@@ -147,11 +146,6 @@ def parse_caption(line: str, where: str) -> tuple[str, list[str], float, float]:
     return parts[0].strip(), parts[1].split(), start, end
 
 
-def _choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(f"data.{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
-
-
 class MotionDataset(Dataset):
     """HumanML3D-layout motions, normalised and padded to ``max_frames``; see the module docstring.
 
@@ -168,12 +162,10 @@ class MotionDataset(Dataset):
     with a logged count (``self.skipped``). Motions are held in memory.
     """
 
-    def __init__(self, path: str | Path | None = None, layout: str = "humanml3d", split: str = "train",
-                 max_frames: int = 196, min_frames: int | None = None, condition: str = "text",
-                 text_encoder=None, on_error: str = "fail"):
-        for name, value, allowed in (("layout", layout, LAYOUTS), ("condition", condition, CONDITIONS),
-                                     ("on_error", on_error, ON_ERROR)):
-            _choice(name, value, allowed)
+    def __init__(self, path: str | Path | None = None, layout: Literal["humanml3d", "kit"] = "humanml3d",
+                 split: str = "train", max_frames: int = 196, min_frames: int | None = None,
+                 condition: Literal["text", "action", "none"] = "text", text_encoder=None,
+                 on_error: Literal["fail", "skip"] = "fail"):
         self.layout = LAYOUTS[layout]
         self.fps, self.condition, self.on_error = self.layout.fps, condition, on_error
         self.min_frames = self.layout.min_frames if min_frames is None else min_frames

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from layersync.errors import ConfigError, DataError
-from layersync.metrics import GaussianStats, frechet_distance, stored_gaussian
+from layersync.metrics import FrechetEvaluator, GaussianStats, frechet_distance
 from layersync_motion.t2m import DIM_POSE, EMBED_DIM, UNIT_LENGTH, T2MNetworks, load_t2m
 
 R_PRECISION_GROUP = 32  # MDM: "This must be 32!"
@@ -164,13 +164,15 @@ def _checked(batch: MotionBatch) -> tuple[torch.Tensor, torch.Tensor]:
     return features, lengths.to(torch.int64)
 
 
-class MotionEvaluator:
+class MotionEvaluator(FrechetEvaluator):
     """Streams motions (and their captions) through the evaluator; ``compute()`` gives the HumanML3D metrics.
 
     ``networks``: a ``T2MNetworks`` (None: the published ones from ``weights``). ``batch``: motions
     per forward pass only; R-precision groups are always ``group`` (32) motions. Real motions feed
     FID (and the ``*_real`` metrics when captioned); generated ones all metrics.
     """
+
+    name, items, reference_items = "motion FID", ("generated motions", "real motions"), "real motions"
 
     def __init__(self, networks: T2MNetworks | None = None, *, weights=None, batch: int = 32, device="cpu",
                  repeats: int = REPEATS, seed: int = 0, group: int = R_PRECISION_GROUP,
@@ -179,6 +181,7 @@ class MotionEvaluator:
                             ("diversity_times", diversity_times), ("mm_times", mm_times)):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"motion evaluator: {name} must be a positive integer, got {value!r}")
+        super().__init__(EMBED_DIM, TAG, f"{EMBED_DIM}-d text-to-motion embeddings")
         self.networks = (networks if networks is not None else load_t2m(weights)).to(device).eval()
         self.weights_path = getattr(self.networks, "weights_path", None)
         self.batch, self.repeats, self.seed, self.group = batch, repeats, seed, group
@@ -187,7 +190,6 @@ class MotionEvaluator:
         self.pairs = {False: [], True: []}  # (text, motion) embeddings of captioned motions, (n, 2, 512)
         self.multimodal = []  # (texts, repeats, 512)
         self.counts = {False: 0, True: 0}
-        self.reference = None  # precomputed (mu, sigma) replacing the real side
 
     def embed(self, features, lengths, captions=None) -> tuple[np.ndarray, np.ndarray | None]:
         """Motion embeddings (N, 512) and, with captions, text embeddings, in chunks of ``batch``."""
@@ -208,6 +210,7 @@ class MotionEvaluator:
         if real and self.reference is not None:  # precomputed statistics replace the real side
             return
         motion, text = self.embed(features, lengths, batch.captions)
+        self.stats[real].update(torch.from_numpy(motion))
         self.motions[real].append(motion)
         if text is not None:
             self.pairs[real].append(np.stack([text, motion], axis=1))
@@ -228,24 +231,6 @@ class MotionEvaluator:
         motion, _ = self.embed(*_checked(flat))
         self.multimodal.append(motion.reshape(texts, repeats, -1))
 
-    def use_reference_statistics(self, stats: dict) -> None:
-        """Precomputed ``mu_t2m``/``sigma_t2m`` (or plain ``mu``/``sigma``) replace the real side's Gaussian;
-        real batches fed afterwards are counted, not embedded. Without either pair nothing changes."""
-        stored = stored_gaussian(stats, TAG, EMBED_DIM, f"{EMBED_DIM}-d text-to-motion embeddings")
-        if stored is not None:
-            self.reference = stored
-
-    def _gaussian(self, embeddings: np.ndarray, what: str):
-        if len(embeddings) < 2:
-            raise DataError(f"motion FID needs at least 2 {what}, got {len(embeddings)}")
-        stats = GaussianStats.of(torch.from_numpy(embeddings))
-        return stats.mean, stats.cov
-
-    def reference_statistics(self) -> dict:
-        """``{"mu_t2m", "sigma_t2m"}`` of the real motions' embeddings, for an ``.npz`` to reuse."""
-        mu, sigma = self.reference or self._gaussian(_gathered(self.motions[True], (EMBED_DIM,)), "real motions")
-        return {f"mu_{TAG}": mu, f"sigma_{TAG}": sigma}
-
     def _draws(self, rng, pairs: np.ndarray, motions: np.ndarray, multimodal: np.ndarray | None) -> dict:
         """One repeat of the randomly drawn metrics of one side."""
         out = {}
@@ -262,13 +247,10 @@ class MotionEvaluator:
         return out
 
     def compute(self) -> dict:
+        result = super().compute()  # fid
         motions = {side: _gathered(self.motions[side], (EMBED_DIM,)) for side in (False, True)}
         pairs = {side: _gathered(self.pairs[side], (2, EMBED_DIM)) for side in (False, True)}
         multimodal = _gathered(self.multimodal, (0, EMBED_DIM)) if self.multimodal else None
-        if self.reference is None and len(motions[True]) == 0:
-            raise DataError("motion FID has no reference: no real motions and no mu_t2m/sigma_t2m statistics")
-        mu_ref, sigma_ref = self.reference or self._gaussian(motions[True], "real motions")
-        result = {"fid": frechet_distance(*self._gaussian(motions[False], "generated motions"), mu_ref, sigma_ref)}
         rng = np.random.default_rng(self.seed)
         runs = {False: [], True: []}
         for _ in range(self.repeats):

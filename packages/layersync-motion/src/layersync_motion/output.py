@@ -11,6 +11,7 @@ from PIL import Image
 
 from layersync.errors import ConfigError
 from layersync.files import atomic
+from layersync.interfaces import Preview
 from layersync_motion.kinematics import FPS, KIT_KINEMATIC_CHAIN, T2M_KINEMATIC_CHAIN, recover_joints
 
 MAX_FIGURES = 16  # shown in the GIF; the .npy files keep every sample
@@ -106,9 +107,9 @@ def render_gif(joints: np.ndarray, lengths: np.ndarray, chain, fps: float) -> tu
     return frames, max(10, round(1000 * step / fps))
 
 
-def save_motion(x, stem: Path, info: dict | None = None) -> Path:
+def save_motion(x, stem: Path, info: dict | None = None) -> Preview:
     """Motion samples -> ``stem.gif`` (stick figures, up to 16 in a grid), ``stem_features.npy``
-    (N, T, F) raw features and ``stem_joints.npy`` (N, T, J, 3) joints, metres, y up. Returns the GIF.
+    (N, T, F) raw features and ``stem_joints.npy`` (N, T, J, 3) joints, metres, y up. Returns the GIF's preview.
 
     ``x``: raw HumanML3D (or KIT-ML) features (N, T, F); or, when ``info`` has the data set's
     ``mean`` and ``std``, samples in its normalised space, channels first (N, F, T), as the
@@ -131,8 +132,9 @@ def save_motion(x, stem: Path, info: dict | None = None) -> Path:
     for suffix, array in (("_features.npy", features), ("_joints.npy", joints)):
         with atomic(stem.with_name(stem.name + suffix)) as tmp, open(tmp, "wb") as f:
             np.save(f, array)
-    frames, ms = render_gif(joints[:MAX_FIGURES], lengths[:MAX_FIGURES], chain, float(info.get("fps", FPS)))
+    fps = float(info.get("fps", FPS))
+    frames, ms = render_gif(joints[:MAX_FIGURES], lengths[:MAX_FIGURES], chain, fps)
     path = stem.with_name(stem.name + ".gif")
     with atomic(path) as tmp:
         frames[0].save(tmp, format="gif", save_all=True, append_images=frames[1:], duration=ms, loop=0)
-    return path
+    return Preview("video", path, 1000 / ms)

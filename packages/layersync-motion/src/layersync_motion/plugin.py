@@ -4,7 +4,6 @@ from pathlib import Path
 
 from layersync import Modality, hookimpl
 
-from layersync_motion.data import MotionDataset
 from layersync_motion.output import save_motion
 from layersync_motion.samples import conditions, read_samples, save_items
 from layersync_motion.t2m import WEIGHTS
@@ -32,18 +31,12 @@ def layersync_modalities():
 
 @hookimpl
 def layersync_datasets():
-    return {"humanml3d": MotionDataset}
-
-
-def t2m(**options):
-    from layersync_motion.evaluate import t2m_evaluator  # the evaluator's networks only when evaluating
-
-    return t2m_evaluator(**options)
+    return {"humanml3d": "layersync_motion.data:MotionDataset"}
 
 
 @hookimpl
 def layersync_evaluators():
-    return {"t2m": t2m}
+    return {"t2m": "layersync_motion.evaluate:t2m_evaluator"}
 
 
 @hookimpl

@@ -11,9 +11,8 @@ among others) is read with PyAV, from its start.
 from __future__ import annotations
 
 import functools
-import logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -23,18 +22,10 @@ from torch.utils.data import Dataset
 from layersync.data import SkipsBadItems
 from layersync.errors import ConfigError, DataError
 
-log = logging.getLogger("layersync")
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv")
-LAYOUTS = ("folder", "classes")
-ON_ERROR = ("fail", "skip")
 VFR_TOLERANCE = 0.25  # a frame interval this far (relative) from the median one marks a variable frame rate
 LUMA = (0.299, 0.587, 0.114)
-
-
-def _choice(name: str, value, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ConfigError(f"data.{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
 
 
 def _positive(name: str, value) -> int:
@@ -153,11 +144,8 @@ class VideoFolderDataset(SkipsBadItems, _Clips):
     later is then replaced by the next good item.
     """
 
-    def __init__(self, path: str, frames: int = 16, stride: int = 1, size: int = 64, channels: int = 3,
-                 layout: str = "folder", on_error: str = "fail"):
-        for name, value, allowed in (("layout", layout, LAYOUTS), ("on_error", on_error, ON_ERROR),
-                                     ("channels", channels, (1, 3))):
-            _choice(name, value, allowed)
+    def __init__(self, path: str | None, frames: int = 16, stride: int = 1, size: int = 64, channels: Literal[1, 3] = 3,
+                 layout: Literal["folder", "classes"] = "folder", on_error: Literal["fail", "skip"] = "fail"):
         self.frames, self.stride, self.size = _positive("frames", frames), _positive("stride", stride), \
             _positive("size", size)
         self.channels, self.on_error = channels, on_error
@@ -187,22 +175,7 @@ class VideoFolderDataset(SkipsBadItems, _Clips):
                 good.append((path, label, *probe(path, (self.frames - 1) * self.stride + 1)))
             except DataError as exc:
                 bad.append(str(exc))
-        if bad and self.on_error == "fail":
-            more = f"; {len(bad) - 1} more bad file(s)" if len(bad) > 1 else ""
-            raise DataError(f"{bad[0]}{more} (data.on_error=skip leaves bad files out)")
-        if bad:
-            log.warning("skipping %d bad video file(s) of %d in %s (on_error=skip): %s%s", len(bad), len(items),
-                        self.root, "; ".join(bad[:3]), "; ..." if len(bad) > 3 else "")
-        if not good:
-            raise DataError(f"no usable video file in {self.root}")
-        return good
-
-    def sources(self) -> tuple[Path, list[Path]]:
-        """The folder and the video files the items come from (a latent cache fingerprints them)."""
-        return self.root, [path for path, *_ in self.items]
-
-    def __len__(self):
-        return len(self.items)
+        return self.usable(good, bad, len(items), "video")
 
     def load(self, i):
         return self._clip(i), self.items[i][1]

@@ -16,16 +16,12 @@ from __future__ import annotations
 import torch
 
 from layersync.errors import ConfigError, DataError
-from layersync.metrics import GaussianStats, frechet_distance, stored_gaussian
+from layersync.metrics import FrechetEvaluator, GaussianStats
 from layersync_video.i3d import CLIP_FRAMES, SIZE, preprocess
 
 PREPROCESSING = (f"{CLIP_FRAMES} frames, uint8 (float [-1, 1] quantised as StyleGAN-V), grey repeated to RGB, "
                  f"frames resized to {SIZE}x{SIZE} (bilinear, align_corners=False, no antialias), "
                  "x / 255 * 2 - 1, I3D Kinetics-400 logits (StyleGAN-V fvd2048_16f)")
-
-
-def _summed(stats: GaussianStats) -> GaussianStats:
-    return GaussianStats(stats.dim).merge(stats).all_reduce()
 
 
 def as_uint8_clips(clips) -> torch.Tensor:
@@ -44,54 +40,31 @@ def as_uint8_clips(clips) -> torch.Tensor:
     return x.expand(-1, 3, -1, -1, -1) if x.shape[1] == 1 else x
 
 
-class FVDEvaluator:
+class FVDEvaluator(FrechetEvaluator):
     """Streams clips through a video network; ``compute()`` gives ``fvd`` against the reference.
 
     ``network(x (N, 3, 16, 224, 224) in [-1, 1]) -> (N, network.feature_dim)``.
     """
 
+    metric, name = "fvd", "FVD"
+    items = ("clips of samples", "clips of reference")
+    reference_items = "reference clips"
+    check = staticmethod(as_uint8_clips)
+
     def __init__(self, network, batch: int = 8, device="cpu"):
         if batch < 1:
             raise ConfigError(f"FVD batch must be at least 1, got {batch}")
+        super().__init__(network.feature_dim, "i3d", f"{network.feature_dim}-d I3D features")
         self.device, self.batch = torch.device(device), batch
         self.network = network.to(self.device).eval()
-        self.dim = network.feature_dim
         self.weights_path = getattr(network, "weights_path", None)
-        self.stats = {side: GaussianStats(self.dim) for side in (False, True)}
-        self.reference = None  # precomputed (mu, sigma) replacing the real side
 
-    @torch.no_grad()
-    def update(self, clips, real: bool = False) -> None:
-        clips = as_uint8_clips(clips)
-        if real and self.reference is not None:  # precomputed statistics replace these clips
-            return
+    def features(self, clips: torch.Tensor):
         for chunk in clips.split(self.batch):
-            self.stats[bool(real)].update(self.network(preprocess(chunk.to(self.device))))
+            yield self.network(preprocess(chunk.to(self.device)))
 
-    def use_reference_statistics(self, stats: dict) -> None:
-        """Precomputed ``mu_i3d``/``sigma_i3d`` (or plain ``mu``/``sigma``) replace the real side; without them
-        nothing changes. Reference clips fed afterwards are ignored."""
-        stored = stored_gaussian(stats, "i3d", self.dim, f"{self.dim}-d I3D features")
-        if stored is not None:
-            self.reference = stored
-
-    def _gaussian(self, stats: GaussianStats, what: str):
-        if stats.count < 2:
-            raise DataError(f"FVD needs at least 2 clips of {what}, got {stats.count}")
-        return stats.mean, stats.cov
-
-    def reference_statistics(self) -> dict:
-        """``{"mu_i3d", "sigma_i3d"}`` of the real side, for an ``.npz`` to reuse."""
-        mu, sigma = self.reference or self._gaussian(_summed(self.stats[True]), "reference")
-        return {"mu_i3d": mu, "sigma_i3d": sigma}
-
-    def compute(self) -> dict:
-        fake, real = _summed(self.stats[False]), _summed(self.stats[True])
-        if self.reference is None and real.count == 0:
-            raise DataError("FVD has no reference: no reference clips and no mu_i3d/sigma_i3d statistics")
-        mu_ref, sigma_ref = self.reference or self._gaussian(real, "reference")
+    def report(self, fake: GaussianStats, real: GaussianStats) -> dict:
         return {
-            "fvd": frechet_distance(*self._gaussian(fake, "samples"), mu_ref, sigma_ref),
             "num_samples": fake.count,
             "num_ref": real.count,
             "clip_frames": CLIP_FRAMES,

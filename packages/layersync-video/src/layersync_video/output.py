@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from layersync.files import atomic
+from layersync.interfaces import Preview
 
 GRID_MAX = 16  # clips in a preview grid
 MIN_CELL = 64  # small cells are enlarged (nearest neighbour) to at least this many pixels
@@ -60,9 +61,9 @@ def write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
             out.mux(stream.encode())
 
 
-def save_video(x, stem: Path, info: dict) -> Path:
+def save_video(x, stem: Path, info: dict) -> Preview:
     """Samples (N, C, T, H, W) in [-1, 1] -> ``stem.gif`` (a grid of up to 16 clips, looping) and ``stem.mp4``
-    (the same grid) at ``info['fps']`` (default 8). Returns the GIF. (The GIF writer merges identical
+    (the same grid) at ``info['fps']`` (default 8). Returns the GIF's preview. (The GIF writer merges identical
     consecutive frames into one longer frame.)"""
     stem, fps = Path(stem), float(info.get("fps", 8))
     grid = video_grid(x)
@@ -72,7 +73,7 @@ def save_video(x, stem: Path, info: dict) -> Path:
     with atomic(path) as tmp:
         images[0].save(tmp, format="gif", save_all=True, append_images=images[1:], duration=round(1000 / fps),
                        loop=0)
-    return path
+    return Preview("video", path, fps)
 
 
 def save_clips(array, start: int, folder: Path, info: dict) -> None:

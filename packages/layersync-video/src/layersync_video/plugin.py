@@ -4,11 +4,9 @@ from pathlib import Path
 
 from layersync import Modality, hookimpl
 
-from layersync_video.data import MovingDigits, VideoFolderDataset
 from layersync_video.i3d import I3D_FVD
 from layersync_video.output import save_clips, save_video
 from layersync_video.samples import read_samples
-from layersync_video.tokenizers import frame_vae
 
 RECIPES = Path(__file__).parent / "recipes"
 
@@ -33,23 +31,18 @@ def layersync_modalities():
 
 @hookimpl
 def layersync_datasets():
-    return {"videofolder": VideoFolderDataset, "moving-digits": MovingDigits}
+    return {"videofolder": "layersync_video.data:VideoFolderDataset",
+            "moving-digits": "layersync_video.data:MovingDigits"}
 
 
 @hookimpl
 def layersync_tokenizers():
-    return {"frame-vae": frame_vae}
-
-
-def fvd_i3d(**options):
-    from layersync_video.fvd import fvd_i3d as build  # the I3D network only when evaluating
-
-    return build(**options)
+    return {"frame-vae": "layersync_video.tokenizers:frame_vae"}
 
 
 @hookimpl
 def layersync_evaluators():
-    return {"fvd-i3d": fvd_i3d}
+    return {"fvd-i3d": "layersync_video.fvd:fvd_i3d"}
 
 
 @hookimpl

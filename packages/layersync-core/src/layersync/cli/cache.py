@@ -14,7 +14,7 @@ from pathlib import Path
 from layersync import build
 from layersync import config as configuration
 from layersync.cache import write_cache
-from layersync.cli.common import Parser, add_config_args, entry_point
+from layersync.cli.common import Parser, add_config_args, add_device, entry_point, positive_int
 from layersync.errors import ConfigError
 from layersync.plugins import registry
 
@@ -27,15 +27,15 @@ def parser() -> Parser:
     p.add_argument("--data", required=True, help="the data to encode (sets data.path)")
     p.add_argument("--out", required=True, help="the cache folder (created, or resumed)")
     add_config_args(p)
-    p.add_argument("--batch", type=int, default=64, help="items per encoder batch (each with its views)")
-    p.add_argument("--shard-size", type=int, default=1024, help="items per shard file")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--batch", type=positive_int, default=64, help="items per encoder batch (each with its views)")
+    p.add_argument("--shard-size", type=positive_int, default=1024, help="items per shard file")
+    add_device(p)
     p.add_argument("--workers", type=int, default=4, help="data loader processes")
     return p
 
 
 def cache_config(modality, args) -> dict:
-    """DEFAULTS <- the modality's cache recipe <- --config <- --set, with data.path = --data."""
+    """defaults() <- the modality's cache recipe <- --config <- --set, with data.path = --data."""
     config = configuration.load(modality.cache_recipe or modality.recipe, args.config, args.assignments)
     return configuration.set_value(config, "data.path", args.data)
 

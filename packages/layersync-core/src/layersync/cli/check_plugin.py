@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import sys
 
+from layersync.cli.common import add_device
 from layersync.errors import ConfigError
+
 
 def configure(parser) -> None:
     parser.add_argument("name", metavar="NAME", help="the plugin (its entry-point name, see `layersync plugins`)")
-    parser.add_argument("--device", default="cpu",
-                        help="cpu (default), cuda, cuda:1 or auto; with CUDA available, graph safety is also "
-                             "checked on a CUDA forward")
+    add_device(parser, "cpu", note="; on CUDA, graph safety is also checked on a CUDA forward")
 
 
 def run(args) -> int:

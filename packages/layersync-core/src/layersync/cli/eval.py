@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from layersync import build
-from layersync.cli.common import Parser, entry_point
+from layersync.cli.common import Parser, add_device, entry_point, positive_int
 from layersync.errors import ConfigError, DataError
 from layersync.files import atomic, write_json
 from layersync.plugins import registry
@@ -36,8 +36,8 @@ def parser() -> Parser:
                    help="run this evaluator (repeatable; default: the modality's own)")
     p.add_argument("--weights", help="the feature network's weights (a file or folder; default: the weights folder, "
                    "see `layersync weights`); only with one evaluator")
-    p.add_argument("--batch", type=int, default=50, help="items per feature-network pass")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--batch", type=positive_int, default=50, help="items per feature-network pass")
+    add_device(p)
     p.add_argument("--out", help="also write the numbers to this JSON file")
     p.add_argument("--save-ref-stats", metavar="NPZ", help="write the reference's statistics to this .npz for reuse")
     return p
@@ -77,8 +77,6 @@ def save_statistics(path: str, evaluators: list) -> None:
 @entry_point("layersync-eval")
 def main(argv=None):
     args = parser().parse_args(argv)
-    if args.batch < 1:
-        raise ConfigError(f"--batch must be at least 1, got {args.batch}")
     reg = registry()
     chosen = build.modality_name(reg, args.plugin)
     modality = build.lookup(reg, "modalities", chosen)

@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 
 from layersync import build
-from layersync.cli.common import seed
+from layersync.cli.common import add_device, positive_int, seed
 from layersync.errors import ConfigError
 from layersync.files import atomic, write_json
+from layersync.pipeline import Pipeline
 from layersync.plugins import registry
 from layersync.probe import paper_pair, profile, suggest_pair
-from layersync import checkpoint
 from layersync.distributed import pick_device
 
 HELP = "linear-probe accuracy and CKA of every block of a checkpoint's EMA model"
@@ -33,34 +33,23 @@ def configure(parser, suggest: bool = False) -> None:
     parser.add_argument("--data", help="the data set's path (data.path); default: the checkpoint's")
     parser.add_argument("--n", type=int, default=512, help="items to probe (default 512), half fit, half scored")
     parser.add_argument("--t", type=float, default=0.5, help="the noise level (default 0.5; 1 is clean data)")
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=positive_int, default=64)
     parser.add_argument("--seed", type=seed, default=0)
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    add_device(parser)
     if not suggest:
         parser.add_argument("--out", default="probe", help="the folder for probe.json and probe.png (default ./probe)")
 
 
 def run_profile(ckpt: str, args, device: torch.device) -> dict:
-    from layersync.cli.sample import find_checkpoint
-
-    path = find_checkpoint(Path(ckpt))
-    try:
-        state = checkpoint.load(path, keys=("step", "config", "input_shape", "num_classes", "ema"))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    config, num_classes = state["config"], int(state["num_classes"])
+    pipe = Pipeline.from_checkpoint(ckpt, device=device, compile=False)
+    config, num_classes = pipe.config, pipe.num_classes
     if num_classes < 2:
         raise ConfigError(f"{ckpt}: probing needs a data set of class labels; this model has {num_classes} classes")
     if args.data is not None:
         config["data"]["path"] = args.data
-    reg = registry()
-    dataset = build.dataset(reg, config)
+    dataset = build.dataset(registry(), config)
     if len(dataset) < args.n:
         raise ConfigError(f"--n {args.n}: the data set has only {len(dataset)} items")
-    tokenizer = build.tokenizer(reg, config)
-    model = build.backbone(reg, config, state["input_shape"], num_classes)
-    model.load_state_dict(state["ema"])
-    model.to(device).eval()
     encoded = bool(getattr(dataset, "encoded", False))
     torch.manual_seed(args.seed)  # a tokenizer may sample its latents
 
@@ -70,10 +59,10 @@ def run_profile(ckpt: str, args, device: torch.device) -> dict:
             x = torch.stack([torch.as_tensor(item[0]) for item in items])
             y = torch.as_tensor([int(item[1]) for item in items])
             with torch.no_grad():
-                yield (x if encoded else tokenizer.encode(x.to(device)).cpu()), y
+                yield (x if encoded else pipe.tokenizer.encode(x.to(device)).cpu()), y
 
-    result = profile(model, batches(), args.t, build.objective(config).path, args.seed)
-    return {"checkpoint": ckpt, "step": int(state["step"]), **result}
+    result = profile(pipe.backbone, batches(), args.t, pipe.sampler.objective.path, args.seed)
+    return {"checkpoint": ckpt, "step": pipe.step, **result}
 
 
 def label(result: dict) -> str:

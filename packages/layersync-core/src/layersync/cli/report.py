@@ -16,10 +16,9 @@ import statistics
 from pathlib import Path
 
 from layersync import curves
-from layersync.config import flatten, read_yaml
+from layersync.config import flatten, read_yaml, show
 from layersync.errors import ConfigError
 from layersync.files import atomic
-from layersync.schema import show
 from layersync import checkpoint
 
 HELP = "compare training runs: loss curves overlaid, config differences, latest samples, eval results (report.md)"

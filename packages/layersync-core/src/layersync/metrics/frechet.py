@@ -1,4 +1,5 @@
-"""Streaming Gaussian statistics of features and the Fréchet distance between them.
+"""Streaming Gaussian statistics of features, the Fréchet distance between them, and the
+evaluator every modality's FID-like metric (FAD, FVD, motion FID) is made of.
 
 Sums are kept in float64 and can be merged across ranks, so the statistics
 do not depend on how the features were chunked or sharded.
@@ -35,6 +36,10 @@ class GaussianStats:
         self.total += other.total
         self.outer += other.outer
         return self
+
+    def summed(self) -> "GaussianStats":
+        """A copy holding the sums of every rank (these statistics stay as they are)."""
+        return GaussianStats(self.dim).merge(self).all_reduce()
 
     def all_reduce(self) -> "GaussianStats":
         """Sum the statistics of every rank (no-op outside torch.distributed)."""
@@ -112,3 +117,67 @@ def stored_gaussian(stats: dict, tag: str, dim: int, what: str):
         if not np.isfinite(value).all():
             raise DataError(f"reference statistics: {key} holds NaN or infinite values")
     return mu, sigma
+
+
+class FrechetEvaluator:
+    """Streams batches of generated and real sets through a feature network; ``compute()`` gives
+    ``{metric: Fréchet distance}`` between the two Gaussians, then what ``report`` adds.
+
+    A modality supplies its feature network as ``features(batch)``, (N, dim) feature batches of a
+    batch that ``check`` validated (or feeds ``stats[real]`` from its own ``update``), and names for
+    its messages: ``name`` (the metric), ``items`` (what the features of the generated and the real
+    side count) and ``reference_items`` (what real data is called). Precomputed ``mu_<tag>``/
+    ``sigma_<tag>`` (or plain ``mu``/``sigma``) replace the real side.
+    """
+
+    metric, name = "fid", "FID"
+    items = ("samples", "reference")
+    reference_items = "reference data"
+
+    def __init__(self, dim: int, tag: str, what: str):
+        self.dim, self.tag, self.what = dim, tag, what  # what: the features, in reference-statistics errors
+        self.stats = {side: GaussianStats(dim) for side in (False, True)}
+        self.reference = None  # precomputed (mu, sigma) replacing the real side
+
+    def check(self, batch):
+        return batch
+
+    def features(self, batch):
+        raise NotImplementedError(f"{type(self).__name__} supplies no feature network")
+
+    @torch.no_grad()
+    def update(self, batch, real: bool = False) -> None:
+        batch = self.check(batch)
+        if real and self.reference is not None:  # precomputed statistics replace the real side
+            return
+        for features in self.features(batch):
+            self.stats[bool(real)].update(features)
+
+    def use_reference_statistics(self, stats: dict) -> None:
+        """Our stored statistics replace the real side (other tags are ignored; without ours nothing
+        changes); real batches fed afterwards are not featurised."""
+        stored = stored_gaussian(stats, self.tag, self.dim, self.what)
+        if stored is not None:
+            self.reference = stored
+
+    def _gaussian(self, stats: GaussianStats, real: bool):
+        if stats.count < 2:
+            raise DataError(f"{self.name} needs at least 2 {self.items[real]}, got {stats.count}")
+        return stats.mean, stats.cov
+
+    def reference_statistics(self) -> dict:
+        """``{"mu_<tag>", "sigma_<tag>"}`` of the real side, for an ``.npz`` to reuse."""
+        mu, sigma = self.reference or self._gaussian(self.stats[True].summed(), True)
+        return {f"mu_{self.tag}": mu, f"sigma_{self.tag}": sigma}
+
+    def compute(self) -> dict:
+        fake, real = self.stats[False].summed(), self.stats[True].summed()
+        if self.reference is None and real.count == 0:
+            raise DataError(f"{self.name} has no reference: no {self.reference_items} and no "
+                            f"mu_{self.tag}/sigma_{self.tag} statistics")
+        reference = self.reference or self._gaussian(real, True)
+        return {self.metric: frechet_distance(*self._gaussian(fake, False), *reference), **self.report(fake, real)}
+
+    def report(self, fake: GaussianStats, real: GaussianStats) -> dict:
+        """What the modality reports beside the distance (counts, protocol), from the summed statistics."""
+        return {}

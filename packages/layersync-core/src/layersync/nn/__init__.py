@@ -9,8 +9,10 @@ from layersync.nn.trunk import (
     LabelEmbedder,
     TimestepEmbedder,
     Trunk,
+    parse_sit_size,
     sincos_pos_embed,
 )
 
 __all__ = ["SIZES", "AdaLNBlock", "FinalLayer", "LabelEmbedder", "SiT1D", "SiT3D", "TimestepEmbedder", "Trunk",
-           "build_sit1d", "build_sit3d", "parse_size_1d", "parse_size_3d", "sincos_pos_embed"]
+           "build_sit1d", "build_sit3d", "parse_sit_size", "parse_size_1d", "parse_size_3d",
+           "sincos_pos_embed"]

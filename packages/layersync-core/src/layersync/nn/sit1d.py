@@ -10,16 +10,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from layersync.nn.trunk import SIZES, LabelEmbedder, TimestepEmbedder, Trunk, sincos_pos_embed
+from layersync.nn.trunk import LabelEmbedder, TimestepEmbedder, Trunk, parse_sit_size, sincos_pos_embed
 
 
 def parse_size_1d(size: str) -> tuple[int, int, int, int]:
     """'B/4' -> (depth, hidden, heads, patch): a DiT size and the frames per token."""
-    name, _, patch = size.partition("/")
-    if name not in SIZES or not patch.isdigit() or int(patch) < 1:
-        raise ValueError(f"unknown SiT-1D size '{size}' (expected NAME/PATCH with NAME in {', '.join(SIZES)} "
-                         "and PATCH a positive number of frames)")
-    return (*SIZES[name], int(patch))
+    return parse_sit_size(size, "SiT-1D", "frames")
 
 
 class VectorEmbedder(nn.Module):

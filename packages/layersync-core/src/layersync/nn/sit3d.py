@@ -11,18 +11,14 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from layersync.nn.trunk import SIZES, LabelEmbedder, TimestepEmbedder, Trunk, sincos_pos_embed
+from layersync.nn.trunk import LabelEmbedder, TimestepEmbedder, Trunk, parse_sit_size, sincos_pos_embed
 
 ATTENTION = ("full", "factorised")
 
 
 def parse_size_3d(size: str) -> tuple[int, int, int, int]:
     """'B/2' -> (depth, hidden, heads, spatial patch)."""
-    name, _, patch = size.partition("/")
-    if name not in SIZES or not patch.isdigit() or int(patch) < 1:
-        raise ValueError(f"unknown SiT-3D size '{size}' (expected NAME/PATCH with NAME in {', '.join(SIZES)} "
-                         "and PATCH a positive number of pixels)")
-    return (*SIZES[name], int(patch))
+    return parse_sit_size(size, "SiT-3D", "pixels")
 
 
 class SiT3D(Trunk):

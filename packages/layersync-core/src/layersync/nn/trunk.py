@@ -26,6 +26,18 @@ SIZES = {
 }
 
 
+def parse_sit_size(size: str, kind: str, patches: tuple[int, ...] | str) -> tuple[int, int, int, int]:
+    """'XL/2' -> (depth, hidden, heads, patch) for a ``kind`` of SiT ("SiT-1D", ...); ``patches`` are
+    the allowed patches, or the unit of any positive patch ("frames")."""
+    name, _, patch = size.partition("/")
+    listed = isinstance(patches, tuple)
+    if name not in SIZES or not patch.isdigit() or not (int(patch) in patches if listed else int(patch) >= 1):
+        allowed = f"in {', '.join(map(str, patches))}" if listed else f"a positive number of {patches}"
+        raise ValueError(f"unknown {kind} size '{size}' (expected NAME/PATCH with NAME in {', '.join(SIZES)} "
+                         f"and PATCH {allowed})")
+    return (*SIZES[name], int(patch))
+
+
 def modulate(x, shift, scale):
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 

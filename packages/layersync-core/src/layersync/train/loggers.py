@@ -3,8 +3,8 @@
 ``jsonl``: ``RUN/metrics.jsonl``, one JSON record per log step (what resume, ``curves.png`` and ``layersync report``
 read), and ``RUN/curves.png`` redrawn at each sample step.
 ``tensorboard``: event files in ``RUN/tensorboard/`` (``torch.utils.tensorboard``): each record's numbers as scalars
-``train/KEY`` plus ``train/step_s``, and the preview samples (a PNG grid as an image, a GIF as an animated image, a WAV
-beside it as audio).
+``train/KEY`` plus ``train/step_s``, and the preview samples by their ``Preview.kind``: an image, a video's first
+frame as an image (``add_video`` would need moviepy), audio at its rate.
 ``wandb``: a Weights & Biases run kept in ``RUN/wandb/`` (``WANDB_MODE=offline``: no network) with the same, the
 config and the git commit of the code; ``pip install 'layersync-core[wandb]'``.
 
@@ -20,6 +20,7 @@ import subprocess
 import uuid
 import wave
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -27,7 +28,9 @@ from PIL import Image
 from layersync.curves import write_curves
 from layersync.errors import ConfigError
 from layersync.files import atomic
+from layersync.interfaces import Preview
 
+LoggerName = Literal["jsonl", "tensorboard", "wandb"]  # the keys of WRITERS
 # the package each optional logger imports, and how to install it
 NEEDS = {"tensorboard": ("tensorboard", "pip install tensorboard"),
          "wandb": ("wandb", "pip install 'layersync-core[wandb]'")}
@@ -39,7 +42,7 @@ def default_loggers() -> list[str]:
 
 
 def check(names) -> None:
-    """Every named logger's package is installed (the schema has checked the names)."""
+    """Every named logger's package is installed (the config has checked the names)."""
     for name in names:
         package, install = NEEDS.get(name, (None, None))
         if package and importlib.util.find_spec(package) is None:
@@ -65,13 +68,13 @@ def git_commit() -> str | None:
     return (done.stdout.strip() or None) if done.returncode == 0 else None
 
 
-def read_wav(path: Path) -> tuple[np.ndarray, int] | None:
-    """A 16-bit PCM WAV (what the audio modality writes) as mono floats in [-1, 1] and its rate; else None."""
+def read_wav(path: Path) -> np.ndarray | None:
+    """A 16-bit PCM WAV (what the audio modality writes) as mono floats in [-1, 1]; else None."""
     with wave.open(str(path)) as f:
         if f.getsampwidth() != 2:
             return None
-        channels, rate, frames = f.getnchannels(), f.getframerate(), f.readframes(f.getnframes())
-    return np.frombuffer(frames, "<i2").reshape(-1, channels).mean(1) / 32768.0, rate
+        channels, frames = f.getnchannels(), f.readframes(f.getnframes())
+    return np.frombuffer(frames, "<i2").reshape(-1, channels).mean(1) / 32768.0
 
 
 class Jsonl:
@@ -83,7 +86,7 @@ class Jsonl:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
 
-    def samples(self, step: int, path: Path) -> None:
+    def samples(self, step: int, preview: Preview) -> None:
         write_curves(self.out)
 
     def close(self) -> None:
@@ -103,25 +106,13 @@ class TensorBoard:
             self.writer.add_scalar(f"train/{key}", value, record["step"])
         self.writer.flush()
 
-    def samples(self, step: int, path: Path) -> None:
-        if path.suffix == ".png":
-            with Image.open(path) as image:
+    def samples(self, step: int, preview: Preview) -> None:
+        if preview.kind in ("image", "video"):  # of a GIF, its first frame
+            with Image.open(preview.path) as image:
                 self.writer.add_image("samples", np.asarray(image.convert("RGB")), step, dataformats="HWC")
-        elif path.suffix == ".gif":
-            self._gif(path, step)
-        wav = path.with_suffix(".wav")
-        if wav.exists() and (audio := read_wav(wav)) is not None:
-            self.writer.add_audio("samples/audio", audio[0][None], step, sample_rate=audio[1])
+        elif preview.kind == "audio" and (audio := read_wav(preview.path)) is not None:
+            self.writer.add_audio("samples/audio", audio[None], step, sample_rate=preview.rate)
         self.writer.flush()
-
-    def _gif(self, path: Path, step: int) -> None:
-        """The GIF's bytes as an image summary: TensorBoard shows it animated (``add_video`` would need moviepy)."""
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
-        with Image.open(path) as image:
-            width, height = image.size
-        image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=path.read_bytes())
-        self.writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag="samples", image=image)]), step)
 
     def close(self) -> None:
         self.writer.close()
@@ -143,16 +134,14 @@ class Wandb:
     def log(self, record: dict) -> None:
         self.run.log({f"train/{k}": v for k, v in scalars(record, self.batch_size).items()}, step=record["step"])
 
-    def samples(self, step: int, path: Path) -> None:
-        media = {}
-        if path.suffix == ".png":
-            media["samples"] = self.wandb.Image(str(path))
-        elif path.suffix == ".gif":
-            media["samples"] = self.wandb.Video(str(path), format="gif")
-        if path.with_suffix(".wav").exists():
-            media["samples/audio"] = self.wandb.Audio(str(path.with_suffix(".wav")))
-        if media:
-            self.run.log(media, step=step)
+    def samples(self, step: int, preview: Preview) -> None:
+        path = str(preview.path)
+        if preview.kind == "image":
+            self.run.log({"samples": self.wandb.Image(path)}, step=step)
+        elif preview.kind == "video":
+            self.run.log({"samples": self.wandb.Video(path, format="gif")}, step=step)
+        elif preview.kind == "audio":
+            self.run.log({"samples/audio": self.wandb.Audio(path)}, step=step)
 
     def close(self) -> None:
         self.run.finish()
@@ -177,10 +166,10 @@ class Loggers:
         for writer in self.writers:
             writer.log(record)
 
-    def samples(self, step: int, path: Path) -> None:
-        """The previews of ``step`` are written: ``path`` is the file the modality's ``save_samples`` returned."""
+    def samples(self, step: int, preview: Preview) -> None:
+        """The previews of ``step`` are written: ``preview`` is what ``interfaces.save_samples`` returned."""
         for writer in self.writers:
-            writer.samples(step, Path(path))
+            writer.samples(step, preview)
 
     def close(self) -> None:
         for writer in self.writers:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Literal, get_args
 
 import torch
 
@@ -11,7 +12,8 @@ from layersync.errors import ConfigError
 from layersync.train.step import TrainStep
 
 log = logging.getLogger("layersync")
-STEP_MODES = ("auto", "eager", "compile", "graph", "graph-eager")
+StepMode = Literal["auto", "eager", "compile", "graph", "graph-eager"]
+STEP_MODES = get_args(StepMode)
 CAPTURED = ("graph", "graph-eager")  # modes that capture the step as a CUDA graph
 MODE_MEANINGS = {
     "eager": "plain PyTorch",
@@ -21,15 +23,13 @@ MODE_MEANINGS = {
 }
 
 
-def resolve_mode(mode: str, device: torch.device, world: int = 1, sharded: bool = False) -> tuple[str, str]:
+def resolve_mode(mode: StepMode, device: torch.device, world: int = 1, sharded: bool = False) -> tuple[str, str]:
     """(the mode a run uses, why): ``auto`` is the fastest mode verified for the situation.
 
     One CUDA device: graph (compiled and captured). Several (DDP, FSDP): compile, as capture under
     DDP is not measured on several GPUs yet (asking for graph gets it) and FSDP cannot be captured.
     CPU and other devices: eager. The captured modes need CUDA.
     """
-    if mode not in STEP_MODES:
-        raise ConfigError(f"train.step_mode must be one of {', '.join(STEP_MODES)}, got {mode!r}")
     if mode != "auto":
         if mode in CAPTURED and device.type != "cuda":
             raise ConfigError(f"train.step_mode={mode} needs a CUDA device, this run uses {device.type}")
@@ -59,10 +59,7 @@ class CapturedStep:
 
     def __init__(self, step: TrainStep, warmup: int = 3):
         self.step, self.warmup = step, warmup
-        self.calls = 0
-        self.graph = None
-        self.static_in = None
-        self.static_out = None
+        self.calls, self.graph, self.static_in, self.static_out = 0, None, None, None
 
     def __call__(self, x1, cond, mask=None):
         inputs = {"x1": x1, "cond": cond} if mask is None else {"x1": x1, "cond": cond, "mask": mask}

@@ -9,29 +9,35 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from layersync.errors import ConfigError
+from layersync.config import setting
 
 log = logging.getLogger("layersync")
-SCHEDULES = ("constant", "cosine")
+Schedule = Literal["constant", "cosine"]
 MODE_FLAGS = ("capturable", "fused", "foreach")
+
+
+@dataclass
+class OptimConfig:
+    """The ``optim`` section: AdamW's settings."""
+
+    lr: float = setting(1.0e-4, "AdamW's (peak) learning rate", low=0)
+    weight_decay: float = setting(0.0, "AdamW's decoupled weight decay", low=0)
+    betas: tuple[float, float] = setting([0.9, 0.999], "AdamW's (beta1, beta2)", low=0, high=1, open_high=True)
+    eps: float = setting(1.0e-8, "AdamW's epsilon", low=0)
+    grad_clip: float = setting(0.0, "clip the gradient norm to this; 0: no clipping", low=0)
 
 
 def build_optimizer(params, optim: dict, device: torch.device, capturable: bool) -> torch.optim.AdamW:
     """AdamW from the ``optim`` config section: fused on CUDA, capturable for graph mode."""
-    params = list(params)
     device = torch.device(device)
-    return torch.optim.AdamW(
-        params,
-        lr=torch.tensor(float(optim["lr"]), device=device),
-        betas=tuple(optim["betas"]),
-        eps=optim["eps"],
-        weight_decay=optim["weight_decay"],
-        fused=device.type == "cuda",
-        capturable=capturable,
-    )
+    return torch.optim.AdamW(params, lr=torch.tensor(float(optim["lr"]), device=device), betas=tuple(optim["betas"]),
+                             eps=optim["eps"], weight_decay=optim["weight_decay"], fused=device.type == "cuda",
+                             capturable=capturable)
 
 
 class LRSchedule:
@@ -41,11 +47,7 @@ class LRSchedule:
     steps, then ``constant`` or ``cosine`` (from ``lr`` down to 0 at ``total_steps``).
     """
 
-    def __init__(self, lr: float, kind: str = "constant", warmup_steps: int = 0, total_steps: int = 1):
-        if kind not in SCHEDULES:
-            raise ConfigError(f"train.lr_schedule must be one of {', '.join(SCHEDULES)}, got {kind!r}")
-        if not (isinstance(warmup_steps, int) and warmup_steps >= 0):
-            raise ConfigError(f"train.warmup_steps must be a whole number >= 0, got {warmup_steps!r}")
+    def __init__(self, lr: float, kind: Schedule = "constant", warmup_steps: int = 0, total_steps: int = 1):
         self.lr, self.kind, self.warmup_steps, self.total_steps = float(lr), kind, warmup_steps, total_steps
 
     def __call__(self, step: int) -> float:

@@ -19,7 +19,6 @@ does not move either.
 from __future__ import annotations
 
 import torch
-from torch.distributed.tensor import DTensor
 
 from layersync import trees
 from layersync.interfaces import check_forward
@@ -63,7 +62,7 @@ class TrainStep:
         # a fused AdamW applies the clipping factor itself (as GradScaler's unscale): no pass over the
         # gradients to scale them; FSDP's sharded parameters keep the separate clip
         self.clip_in_optimizer = (getattr(optimizer, "_step_supports_amp_scaling", False)
-                                  and not any(isinstance(p, DTensor) for p in self.params))
+                                  and not any(hasattr(p, "to_local") for p in self.params))  # no DTensor
         # allocated once, before any capture: the graph updates it in place at every replay
         self.health = torch.zeros(6, device=self.params[0].device if self.params else "cpu")
 
@@ -213,4 +212,4 @@ class TrainStep:
 
 def whole(tensor: torch.Tensor) -> torch.Tensor:
     """A value computed from FSDP's sharded gradients (a DTensor) as a plain tensor, the same on every rank."""
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor

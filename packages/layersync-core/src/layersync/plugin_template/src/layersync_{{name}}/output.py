@@ -9,17 +9,19 @@ import torch
 from PIL import Image, ImageDraw
 
 from layersync.files import atomic
+from layersync.interfaces import Preview
 
 CELL = (192, 64)  # width, height of one plot in pixels
 COLUMNS = 4
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]  # one per channel
 
 
-def save_plots(x: torch.Tensor, stem: Path, info: dict | None = None) -> Path:
+def save_plots(x: torch.Tensor, stem: Path, info: dict | None = None) -> Preview:
     """Signals in [-1, 1], (N, channels, length) -> ``stem.png``: a plot per signal, ``COLUMNS`` a row.
 
     The Modality's ``save_samples``: training writes a preview this way, ``layersync-sample``
-    too; ``info`` (the run's ``sample_info``) is not needed here.
+    too; ``info`` (the run's ``sample_info``) is not needed here. The Preview's kind tells the
+    loggers how to show the file ("image", "video", "audio" or "file").
     """
     x = x.detach().float().cpu().clamp(-1, 1)
     if x.ndim == 2:
@@ -39,4 +41,4 @@ def save_plots(x: torch.Tensor, stem: Path, info: dict | None = None) -> Path:
     path = Path(stem).with_suffix(".png")
     with atomic(path) as tmp:
         image.save(tmp, format="PNG")
-    return path
+    return Preview("image", path)

@@ -2,6 +2,8 @@
 
 Each hook returns ``{name: thing}``; names are global across plugins, hence the prefix.
 The recipe picks the pieces by these names and passes its options to their factories.
+A factory given as ``"module:attribute"`` is imported on first use: do so for those whose
+modules import heavy libraries, so that listing plugins stays fast.
 """
 
 from pathlib import Path
@@ -10,7 +12,6 @@ from layersync import Modality, hookimpl
 
 from .data import SineWaves
 from .evaluate import SpectrumFD
-from .model import build_signal_transformer
 from .output import save_plots
 from .samples import read_samples
 
@@ -41,7 +42,7 @@ def layersync_datasets():
 
 @hookimpl
 def layersync_backbones():
-    return {f"{NAME}-transformer": build_signal_transformer}
+    return {f"{NAME}-transformer": "layersync_{{name}}.model:build_signal_transformer"}  # timm on first use
 
 
 @hookimpl

@@ -9,7 +9,7 @@ from helpers import error_line, read_metrics
 from layersync.cli.main import main as layersync_main
 from layersync.cli.sample import main as sample_main
 from layersync.cli.train import main as train_main
-from layersync.config import DEFAULTS, load
+from layersync.config import defaults, load
 from layersync.errors import ConfigError
 from layersync.objective import FlowObjective, LayerSync
 from layersync.paths import LinearPath
@@ -187,7 +187,7 @@ def test_layersync_gradient_reaches_the_teacher_only_when_not_detached(tmp_path,
 
 
 def test_detach_teacher_is_a_config_switch():
-    assert DEFAULTS["layersync"]["detach_teacher"] is True
+    assert defaults()["layersync"]["detach_teacher"] is True
     config = load(None, assignments=["layersync.detach_teacher=false"])
     assert config["layersync"]["detach_teacher"] is False
     with pytest.raises(ConfigError, match="layersync.detach_teacher=maybe: expected true or false"):
@@ -219,6 +219,7 @@ def cli_args(out, folder, steps, *extra):
             "--set", "model.lora={rank: 4, target_modules: [to_q, to_v]}", "--layersync", "1:3", *extra]
 
 
+@pytest.mark.slow
 def test_train_resume_and_suggest_pairs_on_a_tiny_sd3(tmp_path, capsys):
     folder = saved(tmp_path, "sd3")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -292,6 +293,7 @@ def write_items(folder, n, shape, text=(3, 16), pooled=8):
     return folder
 
 
+@pytest.mark.slow
 def test_the_diffusers_modality_trains_on_text_latents(tmp_path):
     from safetensors.torch import load_file
 

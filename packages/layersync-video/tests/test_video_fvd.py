@@ -48,6 +48,7 @@ def test_state_dict_matches_reference_manifest():
     assert got == reference_manifest()
 
 
+@pytest.mark.slow
 def test_output_shapes_of_a_16_frame_clip():
     torch.manual_seed(0)
     net = i3d.InceptionI3d().eval()
@@ -123,11 +124,13 @@ def fvd_of(real, fake, batch=16) -> float:
     return out["fvd"]
 
 
+@pytest.mark.slow
 def test_fvd_of_a_set_with_itself_is_zero():
     real = moving_bars(64)
     assert fvd_of(real, real, batch=7) == pytest.approx(0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_fvd_grows_with_temporal_shuffling_and_noise():
     real, fake = moving_bars(64, seed=0), moving_bars(64, seed=1)
     g = torch.Generator().manual_seed(2)
@@ -143,6 +146,7 @@ def test_fvd_grows_with_temporal_shuffling_and_noise():
     assert noisy == sorted(noisy) and noisy[-1] > 2 * noisy[0]
 
 
+@pytest.mark.slow
 def test_reference_statistics_round_trip():
     real, fake = moving_bars(32, seed=0), moving_bars(32, seed=1)
     ev = FVDEvaluator(StandIn())

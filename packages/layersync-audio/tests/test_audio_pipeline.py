@@ -28,6 +28,7 @@ def run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_default_trains_with_layersync_and_writes_wav_and_spectrograms(run):
     records = read_metrics(run)
     assert [r["step"] for r in records] == [1, 2, 3]
@@ -40,6 +41,7 @@ def test_default_trains_with_layersync_and_writes_wav_and_spectrograms(run):
     assert 0 < np.abs(audio).max() <= 1
 
 
+@pytest.mark.slow
 def test_sample_set_is_an_npz_with_its_rate_and_one_wav_per_sample(run, tmp_path):
     out = tmp_path / "set"
     assert sample.main(["--ckpt", str(run), "--out", f"{out}/", "-n", "5", "--batch", "2", "--device", "cpu"]) == 0
@@ -94,6 +96,7 @@ def test_eval_prints_fad_of_two_wav_folders_and_reuses_saved_statistics(tmp_path
     assert again["reference_vggish"] == "precomputed"
 
 
+@pytest.mark.slow
 def test_eval_reads_the_npz_of_a_preview(run, tmp_path, stand_in_vggish):
     """layersync-sample --out STEM writes STEM.npz (samples, cond, sample_rate): layersync-eval reads it as
     it reads a sample set, to the same numbers."""

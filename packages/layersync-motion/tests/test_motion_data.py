@@ -268,8 +268,9 @@ def test_save_motion_writes_a_gif_and_arrays(tmp_path):
 
     data = MotionDataset(condition="none")
     raw = np.stack([data.motions[i][:150] for i in range(3)])  # (3, 150, 263)
-    path = save_motion(raw, tmp_path / "out" / "preview", {"lengths": [150, 100, 60]})
-    assert path == tmp_path / "out" / "preview.gif"
+    preview = save_motion(raw, tmp_path / "out" / "preview", {"lengths": [150, 100, 60]})
+    path = preview.path
+    assert path == tmp_path / "out" / "preview.gif" and preview.kind == "video"
     gif = Image.open(path)
     step = -(-150 // MAX_GIF_FRAMES)
     assert gif.n_frames == -(-150 // step) == 75 and gif.info["duration"] == 1000 * step // 20
@@ -286,5 +287,5 @@ def test_save_motion_writes_a_gif_and_arrays(tmp_path):
     save_motion(norm, tmp_path / "n", {**data.sample_info, "lengths": [150, 100, 60]})
     assert np.allclose(np.load(tmp_path / "n_joints.npy")[0], joints[0], atol=1e-4)
     assert Image.open(tmp_path / "n.gif").n_frames == 75
-    short = save_motion(raw[:1, :40], tmp_path / "s", {})
+    short = save_motion(raw[:1, :40], tmp_path / "s", {}).path
     assert Image.open(short).n_frames == 40 and Image.open(short).info["duration"] == 50

@@ -9,6 +9,7 @@ import soundfile
 import torch
 import torchaudio.functional as AF
 
+from layersync import build
 from layersync.errors import ConfigError, DataError
 from layersync_audio import make_spoken_digits as make
 from layersync_audio.data import SPOKEN_DIGITS, AudioDataset
@@ -150,8 +151,9 @@ def test_jamendo_tags(tmp_path):
     assert mood.classes == ["calm"] and len(mood) == 1 and mood.sample_rate == 44_100
     plain = AudioDataset(str(audio), layout="jamendo", metadata=meta, seconds=1)
     assert plain.num_classes == 0 and len(plain) == 3
-    with pytest.raises(ConfigError, match="tags"):
-        AudioDataset(str(audio), layout="jamendo", metadata=meta, tags="tempo", seconds=1)
+    with pytest.raises(ConfigError, match="data.tags=tempo: expected one of genre, instrument, mood/theme or null"):
+        build.call("dataset", "audiofolder", AudioDataset, str(audio), section="data", layout="jamendo",
+                   metadata=meta, tags="tempo", seconds=1)
     (tmp_path / "bad.tsv").write_text("id\tpath\n1\ta.mp3\n")
     with pytest.raises(DataError, match="bad.tsv.*TRACK_ID"):
         AudioDataset(str(audio), layout="jamendo", metadata=str(tmp_path / "bad.tsv"), seconds=1)
@@ -241,7 +243,7 @@ def test_options_are_checked(tmp_path):
     for bad in ({"seconds": 1, "samples": 10}, {"layout": "tree"}, {"offset": "start"}, {"channels": 3},
                 {"samples": 0.5}, {"tags": "genre"}):
         with pytest.raises(ConfigError):
-            AudioDataset(str(tmp_path / "d"), **bad)
+            build.call("dataset", "audiofolder", AudioDataset, str(tmp_path / "d"), section="data", **bad)
 
 
 def test_benchmark_writes_its_report(tmp_path, monkeypatch):

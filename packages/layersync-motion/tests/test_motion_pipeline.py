@@ -19,6 +19,8 @@ from layersync_motion.t2m import T2MNetworks, WordVectors
 from test_motion_data import tiny_clip
 from test_motion_eval import reference_checkpoint, word_files
 
+pytestmark = pytest.mark.slow
+
 QUICK = ["--set", "train.batch_size=8", "--set", "train.device=cpu", "--set", "train.log_every=1",
          "--set", "train.ckpt_every=2", "--set", "train.sample_every=2", "--set", "sample.num=3",
          "--set", "sample.steps=2"]

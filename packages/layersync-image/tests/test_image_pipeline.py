@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from helpers import read_metrics, tiny_vae
@@ -14,7 +15,9 @@ from layersync.cli import eval as evaluate
 from layersync import checkpoint
 from test_image_eval import random_inception_file, weight_for
 
-RECIPE = Path(__file__).resolve().parents[1] / "packages/layersync-image/src/layersync_image/recipes/sit_b2.yaml"
+pytestmark = pytest.mark.slow
+
+RECIPE = Path(__file__).resolve().parents[1] / "src/layersync_image/recipes/sit_b2.yaml"
 SIZE = 32  # images; the tiny VAE halves them -> latents (4, 16, 16), 64 tokens of SiT-T/2
 LATENT = [4, SIZE // 2, SIZE // 2]
 PER_CLASS, NUM_SAMPLES, GRID = 8, 12, 4

@@ -163,8 +163,9 @@ def test_save_video_gif_and_mp4(tmp_path):
     x = torch.full((3, 1, t, 16, 16), -1.0)
     for i in range(t):
         x[:, :, i, i : i + 4, i : i + 4] = 1  # a moving square: every frame differs
-    gif = save_video(x, tmp_path / "s", {"fps": 4})
-    assert gif == tmp_path / "s.gif"
+    preview = save_video(x, tmp_path / "s", {"fps": 4})
+    gif = preview.path
+    assert gif == tmp_path / "s.gif" and (preview.kind, preview.rate) == ("video", 4)
     with Image.open(gif) as im:
         assert im.n_frames == t and min(im.size) >= 64
     with av.open(str(tmp_path / "s.mp4")) as f:

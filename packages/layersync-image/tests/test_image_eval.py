@@ -87,6 +87,7 @@ def features(evaluator, real):
     return torch.cat(side.features), torch.cat(side.logits)
 
 
+@pytest.mark.slow
 def test_features_equal_torch_fidelity_extractor(evaluated, inception_file):
     evaluator, _, samples = evaluated
     theirs = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
@@ -98,6 +99,7 @@ def test_features_equal_torch_fidelity_extractor(evaluated, inception_file):
     torch.testing.assert_close(ours_logits[-2:], logits)
 
 
+@pytest.mark.slow
 def test_fid_matches_torch_fidelity(evaluated):
     evaluator, ours, _ = evaluated
     theirs = fid.fid_statistics_to_metric(fid.fid_features_to_statistics(features(evaluator, False)[0]),
@@ -106,6 +108,7 @@ def test_fid_matches_torch_fidelity(evaluated):
     assert ours["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_inception_score_matches_torch_fidelity(evaluated):
     evaluator, ours, _ = evaluated
     theirs = isc.isc_features_to_metric(features(evaluator, False)[1], splits=2, shuffle=False)
@@ -113,6 +116,7 @@ def test_inception_score_matches_torch_fidelity(evaluated):
     assert ours["inception_score"] - 1 == pytest.approx(theirs["inception_score_mean"] - 1, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_precision_recall_match_torch_fidelity(evaluated):
     evaluator, ours, _ = evaluated
     theirs = prc.calculate_precision_recall_full(features(evaluator, False)[0], features(evaluator, True)[0], 3)
@@ -120,6 +124,7 @@ def test_precision_recall_match_torch_fidelity(evaluated):
     assert 0 < ours["precision"] < 1 or 0 < ours["recall"] < 1
 
 
+@pytest.mark.slow
 def test_result_records_counts_and_mode(evaluated):
     _, ours, _ = evaluated
     assert ours["num_samples"] == 8 and ours["num_ref"] == 8 and ours["sfid"] > 0
@@ -222,6 +227,7 @@ def test_cli_prints_and_writes_json(tmp_path, capsys, monkeypatch):
     assert [p.name for p in out.parent.iterdir()] == ["result.json"]
 
 
+@pytest.mark.slow
 def test_cli_reads_the_npz_of_a_preview(tmp_path, monkeypatch):
     """layersync-sample --out STEM writes STEM.npz (samples: float (N, C, H, W) in [-1, 1]): layersync-eval
     reads it as the sample set of the same images (arr_0: uint8 NHWC), to the same numbers."""

@@ -5,6 +5,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -28,6 +29,7 @@ class StandIn(torch.nn.Module):
         return torch.cat([x.mean((3, 4)).flatten(1), x.std((3, 4)).flatten(1)], 1)
 
 
+@pytest.mark.slow
 def test_default_trains_samples_mp4s_and_evaluates_fvd(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     assert train.main(["--plugin", "video", "--out", str(run), "--steps", "2", *QUICK]) == 0

@@ -160,6 +160,7 @@ def test_changed_vae_is_refused(tmp_path, vae_dir):
         build(data, out, tmp_path / "other_vae")
 
 
+@pytest.mark.slow
 def test_training_reads_the_cache_with_the_vae_that_made_it_only(tmp_path, vae_dir, capsys):
     data, out = make_tree(tmp_path / "data"), tmp_path / "cache"
     build(data, out, vae_dir)

@@ -1,8 +1,0 @@
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def _deterministic():
-    torch.manual_seed(0)
-    yield
