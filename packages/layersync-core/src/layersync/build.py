@@ -84,6 +84,14 @@ def tokenizer(registry: Registry, config: dict):
     return make(registry, "tokenizers", name, section="tokenizer", **opts)
 
 
+def model_input(data, tok) -> tuple[tuple[int, ...], int]:
+    """(input shape, number of classes) of a backbone for this data: the tokenizer's latent shape of an item,
+    or the item's own for a data set of cached latents (``encoded = True``: already in model space)."""
+    shape = tuple(data.sample_shape)
+    encoded = bool(getattr(data, "encoded", False))
+    return (shape if encoded else tuple(tok.latent_shape(shape))), int(getattr(data, "num_classes", 0))
+
+
 def check_compatible(data, tok) -> None:
     """The data set and the tokenizer must agree on what both state (e.g. the sample rate); a latent cache
     must have been made by this tokenizer."""

@@ -380,11 +380,9 @@ class Recipe:
         self.tokenizer = build.tokenizer(self.reg, self.config)
         build.check_compatible(self.dataset, self.tokenizer)
         self.info = interfaces.sample_info(self.tokenizer, self.dataset)
-        if self.encoded:
-            self.input_shape = self.sample_shape
-            return self.tokenizer, "the data set holds encoded items"
-        self.input_shape = tuple(self.tokenizer.latent_shape(self.sample_shape))
-        return self.tokenizer, f"latent shape {self.input_shape}"
+        self.input_shape = build.model_input(self.dataset, self.tokenizer)[0]
+        detail = "the data set holds encoded items" if self.encoded else f"latent shape {self.input_shape}"
+        return self.tokenizer, detail
 
     def encode(self):
         if not self.encoded:

@@ -146,9 +146,8 @@ class Pipeline:
         if input_shape is None or num_classes is None:
             dataset = build.dataset(reg, config)
             build.check_compatible(dataset, tokenizer)
-            shape, encoded = tuple(dataset.sample_shape), getattr(dataset, "encoded", False)  # latents: model space
-            input_shape = input_shape or (shape if encoded else tokenizer.latent_shape(shape))
-            num_classes = int(getattr(dataset, "num_classes", 0)) if num_classes is None else num_classes
+            shape, classes = build.model_input(dataset, tokenizer)
+            input_shape, num_classes = input_shape or shape, classes if num_classes is None else num_classes
         torch.manual_seed(config["seed"])
         backbone = build.backbone(reg, config, tuple(input_shape), num_classes).to(device).eval()
         sampler = build.sampler(config, build.objective(config))

@@ -48,11 +48,8 @@ class Trainer:
         self.tokenizer = build.tokenizer(self.registry, config)
         build.check_compatible(self.dataset, self.tokenizer)
         self.sample_info = sample_info(self.tokenizer, self.dataset)
-        # A dataset of cached latents is already in model space and says so with `encoded = True`.
-        self.encoded = bool(getattr(self.dataset, "encoded", False))
-        shape = tuple(self.dataset.sample_shape)
-        self.input_shape = shape if self.encoded else tuple(self.tokenizer.latent_shape(shape))
-        self.num_classes = int(getattr(self.dataset, "num_classes", 0))
+        self.encoded = bool(getattr(self.dataset, "encoded", False))  # cached latents: not encoded again
+        self.input_shape, self.num_classes = build.model_input(self.dataset, self.tokenizer)
         batch, items = train["batch_size"], len(self.dataset)
         if batch > items:
             raise ConfigError(f"train.batch_size={batch}: expected at most the data set's {items} items")
